@@ -1,0 +1,676 @@
+"""The command extractor: which lines did the shell accept, and which keys may
+be recorded.
+
+``CommandExtractor`` owns two decisions, sans-I/O (bytes and times in, small
+frozen dataclasses out; it never reads a clock):
+
+1. **Commands.** A command is the line the shell received when Enter was
+   pressed, after line editing: not the raw keys. Rather than re-implement
+   readline (history, completion, kill ring, reverse search all happen inside
+   the shell, invisible to us), we read the result off the screen: a pyte
+   emulator runs over the output; the prompt ends where the cursor was when the
+   first key of a line was typed; when Enter is pressed we do *not* read the
+   screen yet (the echo of the last keys may still be in flight) but wait for
+   the shell's echo of the newline, and read the logical line (following soft
+   wraps) from the prompt to the cursor just before that newline is drawn. Lines
+   are then joined while shell syntax says they continue (trailing backslash,
+   open quote) and split where a buffer holds several complete lines (a
+   multi-line bracketed paste), so one record is one complete command line.
+   OSC 133 ``B`` marks (prompt end) are honoured where a shell emits them.
+
+2. **Echo (redaction).** SSH gives no view of the target's termios, so "echo is
+   off" is inferred per input line (the keys up to an Enter):
+
+   * the text left of the cursor when the line starts (or output arriving while
+     it is undecided) looks like a password prompt (``password|passphrase|
+     PIN ... :``) -> not echoed;
+   * otherwise the line's printable bytes are matched, in order, against the
+     output that follows them; output that contains them before Enter, or that
+     completes them on the row where the Enter's echo lands, means echoed;
+   * a line still undecided when output followed its Enter and the user starts
+     another line (``read -s``: the next prompt came back, never our keys) is
+     not echoed; so is anything undecided at ``finish``.
+
+   Keys are held until their line is decided, then released in order as
+   ``RecordableInput`` (original timestamps) or dropped. A line that was not
+   echoed never becomes a ``Command``. Residual risk, documented on purpose: a
+   secret all of whose characters appear in order on the one output row that
+   follows it, with no password-like prompt, would be judged echoed.
+
+Full-screen programs: while the alternate screen is active (vim, less, top,
+man) keys form no lines at all: they are released as recordable immediately
+and are never commands.
+
+Speed (the relay's hot path): pyte runs at a few MB/s, so it must not see a
+100 MB ``cat``. The emulator is *engaged* only around user input: from the
+first key of a line until the line is resolved, plus ``SETTLE_BYTES`` of
+output after that (to keep the next prompt in view). Otherwise output only
+goes to a bounded raw tail (``OutputTail``) and an alternate-screen byte search;
+when the next key arrives, a fresh emulator is replayed from that tail
+(starting at a line boundary or the last full clear, see ``resync_start``). So
+bulk output costs an append and a ``bytes`` search per chunk, and a keystroke
+after bulk output costs one replay of at most ``TAIL_BYTES``.
+
+API::
+
+    ex = CommandExtractor(cols, rows)
+    ex.output(t, data) -> list[Command | RecordableInput]
+    ex.input(t, data)  -> list[Command | RecordableInput]
+    ex.resize(cols, rows)
+    ex.finish()        -> list[Command | RecordableInput]   # at close
+    exec_command(text) -> Command                            # exec requests
+
+Commands come out in order; ``Command.time`` is when the (last) Enter of the
+command was pressed. In ``redacted`` mode the gateway writes only
+``RecordableInput`` to the cast; in ``on`` mode it may write raw input, but
+commands are always redacted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+import pyte
+
+from recorder.terminal import AltScreenTracker, OutputTail, TrackedScreen, resync_start
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command line the shell accepted; ``time`` is when Enter was pressed."""
+
+    time: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordableInput:
+    """Input that was echoed (or typed in a full-screen program): safe to
+    write as an ``i`` event at its original ``time``."""
+
+    time: float
+    data: bytes
+
+
+ExtractorEvent = Command | RecordableInput
+"""What ``CommandExtractor`` hands back."""
+
+TAIL_BYTES = 16 * 1024
+"""Raw output kept to re-synchronise the emulator when a key arrives."""
+
+SETTLE_BYTES = 16 * 1024
+"""Output fed to the emulator after the last line resolved, before it is
+dropped in favour of the raw tail (an interactive shell stays engaged)."""
+
+PASSWORD_PROMPT = re.compile(r"(password|passphrase|\bpin\b|passcode|secret)[^\n]*:\s*$", re.I)
+
+_UNKNOWN, _ECHO, _NOECHO = 0, 1, 2
+
+_PASTE_START = b"\x1b[200~"
+_PASTE_END = b"\x1b[201~"
+_OSC133 = re.compile(rb"\x1b\]133;([A-Za-z])[^\x07\x1b]*(?:\x07|\x1b\\)")
+
+
+@dataclass(eq=False)
+class _Line:
+    """The keys from a line's first key to its Enter (or Ctrl-C)."""
+
+    clean: bool  # started with nothing pending: the cursor marks the prompt end
+    prompt: tuple[int, int] | None  # (absolute row, col) where the typed text starts
+    echo: int = _UNKNOWN
+    needed: bytearray = field(default_factory=bytearray)  # printable bytes typed
+    matched: int = 0  # how many of ``needed`` the output has echoed so far
+    match_start: tuple[int, int] | None = None  # cursor before the first echoed byte
+    paste_newlines: int = 0
+    entered: float | None = None  # time of Enter
+    cancelled: bool = False  # ended by Ctrl-C
+    output_after_enter: bool = False
+
+    @property
+    def echo_complete(self) -> bool:
+        return self.matched >= len(self.needed)
+
+
+@dataclass
+class _Piece:
+    """A slice of one input chunk, released or dropped with its line."""
+
+    time: float
+    data: bytes
+    line: _Line | None  # None: not part of a shell line (full-screen program)
+
+
+def exec_command(text: str, time: float = 0.0) -> Command:
+    """An exec request is one command: exactly its command string."""
+    return Command(time, text)
+
+
+class CommandExtractor:
+    """Commands and recordable input from one shell channel's two byte streams."""
+
+    def __init__(self, cols: int, rows: int) -> None:
+        self.cols = cols
+        self.rows = rows
+        self._screen: TrackedScreen | None = None
+        self._stream: pyte.ByteStream | None = None
+        self._tail = OutputTail(TAIL_BYTES)
+        self._alt = AltScreenTracker()
+        self._settle = 0  # output bytes fed since the last line resolved
+        self._lines: deque[_Line] = deque()  # unresolved, oldest first
+        self._current: _Line | None = None  # the line being typed (no Enter yet)
+        self._pieces: deque[_Piece] = deque()
+        self._continuation: str | None = None  # lines of an incomplete command
+        self._learned_prompt = ""  # last row text before a clean line's first key
+        self._osc_prompt_end: tuple[int, int] | None = None
+        # input parser state
+        self._in_paste = False
+        self._in_carry = b""
+        self._last_was_cr = False
+        self._last_input_t = 0.0
+        self._out: list[ExtractorEvent] = []
+
+    # -- public API ------------------------------------------------------
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.cols, self.rows = cols, rows
+        if self._screen is not None:
+            self._screen.resize(rows, cols)
+
+    def output(self, t: float, data: bytes) -> list[ExtractorEvent]:
+        """Target output at ``t``."""
+        if not data:
+            return []
+        self._tail.append(data)
+        self._alt.feed(data)
+        if self._screen is None:
+            return []  # disengaged: the cheap path, nothing can be pending
+        for line in self._lines:
+            if line.entered is not None:
+                line.output_after_enter = True
+        self._feed(data)
+        self._settle += len(data)
+        if not self._lines and self._current is None and self._settle > SETTLE_BYTES:
+            self._disengage()
+        return self._drain()
+
+    def input(self, t: float, data: bytes) -> list[ExtractorEvent]:
+        """Client input at ``t``."""
+        if not data:
+            return []
+        data = self._in_carry + data
+        self._last_input_t = t
+        self._in_carry = b""
+        i = 0
+        n = len(data)
+        piece_start = 0
+        while i < n:
+            b = data[i]
+            if self._in_paste:
+                if data.startswith(_PASTE_END, i):
+                    self._in_paste = False
+                    i += len(_PASTE_END)
+                    continue
+                if _PASTE_END.startswith(data[i:]) and n - i < len(_PASTE_END):
+                    self._in_carry = data[i:]
+                    break
+                line = self._line_for_key(t)
+                if line is not None:
+                    if b in (0x0D, 0x0A):
+                        line.needed.append(0x0A)
+                        line.paste_newlines += 1
+                    elif b >= 0x20 and b != 0x7F:
+                        line.needed.append(b)
+                i += 1
+                continue
+            if b == 0x1B:
+                end = _escape_end(data, i)
+                if end is None:  # incomplete: wait for the rest of the key
+                    self._in_carry = data[i:]
+                    break
+                if data.startswith(_PASTE_START, i):
+                    self._in_paste = True
+                self._line_for_key(t)
+                i = end
+                self._last_was_cr = False
+                continue
+            if b in (0x0D, 0x0A):
+                if b == 0x0A and self._last_was_cr:
+                    i += 1  # a client sending CR LF means one Enter
+                    self._last_was_cr = False
+                    continue
+                self._last_was_cr = b == 0x0D
+                line = self._line_for_key(t)
+                i += 1
+                if line is not None:
+                    self._add_piece(t, data[piece_start:i], line)
+                    piece_start = i
+                    self._end_line(t, cancelled=False)
+                continue
+            self._last_was_cr = False
+            if b == 0x03:  # Ctrl-C: the line is abandoned, and any continuation
+                line = self._current
+                i += 1
+                if line is not None:
+                    self._add_piece(t, data[piece_start:i], line)
+                    piece_start = i
+                    self._end_line(t, cancelled=True)
+                self._continuation = None
+                continue
+            line = self._line_for_key(t)
+            if line is not None and b >= 0x20 and b != 0x7F:
+                line.needed.append(b)
+            i += 1
+        consumed = n - len(self._in_carry)
+        if piece_start < consumed:
+            self._add_piece(t, data[piece_start:consumed], self._current)
+        return self._drain()
+
+    def finish(self) -> list[ExtractorEvent]:
+        """At close: undecided input is dropped (it may be a secret); lines whose
+        echo completed but whose newline never came are read as they stand."""
+        if self._screen is not None:
+            while self._lines:
+                line = self._lines[0]
+                if line.entered is not None and line.echo_complete and line.echo != _NOECHO:
+                    self._read_line(line)
+                else:
+                    if line.echo == _UNKNOWN:
+                        line.echo = _NOECHO
+                    self._resolve(line)
+        for line in list(self._lines):
+            if line.echo == _UNKNOWN:
+                line.echo = _NOECHO
+            self._resolve(line)
+        if self._in_carry:
+            self._add_piece(self._last_input_t, self._in_carry, None)
+            self._in_carry = b""
+        if self._current is not None and self._current.echo == _UNKNOWN:
+            self._current.echo = _NOECHO
+        self._current = None
+        return self._drain(final=True)
+
+    # -- input side ------------------------------------------------------
+
+    def _line_for_key(self, t: float) -> _Line | None:
+        """The line this key belongs to, starting one if needed; None inside a
+        full-screen program."""
+        if self._current is not None:
+            return self._current
+        if self._alt.active and not self._lines:
+            return None
+        screen = self._engage()
+        if self._lines:
+            head = self._lines[0]
+            if head.echo == _UNKNOWN and head.output_after_enter:
+                # The shell (or program) answered the previous line without
+                # echoing it, and now the user types again: it was a secret.
+                head.echo = _NOECHO
+                self._resolve(head)
+                self._advance()
+        clean = not self._lines
+        cursor = (screen.cursor.y + screen.scrolled, screen.cursor.x)
+        line = _Line(clean=clean, prompt=cursor if clean else None)
+        if clean:
+            left = screen.row_text(screen.cursor.y)[: screen.cursor.x]
+            if PASSWORD_PROMPT.search(left):
+                line.echo = _NOECHO
+            elif left.strip():
+                self._learned_prompt = left
+        self._current = line
+        self._lines.append(line)
+        self._settle = 0
+        return line
+
+    def _add_piece(self, t: float, data: bytes, line: _Line | None) -> None:
+        if data:
+            self._pieces.append(_Piece(t, data, line))
+
+    def _end_line(self, t: float, cancelled: bool) -> None:
+        line = self._current
+        self._current = None
+        if line is None:
+            return
+        line.entered = t
+        line.cancelled = cancelled
+        if line.echo == _NOECHO:
+            self._resolve(line)
+        self._advance()
+
+    # -- output side -----------------------------------------------------
+
+    def _engage(self) -> TrackedScreen:
+        if self._screen is None:
+            screen = TrackedScreen(self.cols, self.rows)
+            stream = pyte.ByteStream(screen)
+            stream.feed(resync_start(self._tail.get()))
+            self._screen, self._stream = screen, stream
+            self._settle = 0
+        return self._screen
+
+    def _disengage(self) -> None:
+        self._screen = None
+        self._stream = None
+        self._osc_prompt_end = None
+
+    def _feed(self, data: bytes) -> None:
+        """Feed the emulator, stopping at each line feed so that a line whose
+        Enter is pending is read just before its newline is drawn, and at each
+        OSC 133 mark to note where the prompt ended."""
+        assert self._stream is not None
+        pos = 0
+        n = len(data)
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            seg_end = n if nl < 0 else nl
+            seg = data[pos:seg_end]
+            if seg:
+                if b"\x1b]133;" in seg:
+                    self._feed_marked(seg)
+                else:
+                    self._feed_segment(seg)
+            if nl < 0:
+                break
+            self._newline()
+            self._stream.feed(b"\n")
+            pos = nl + 1
+
+    def _feed_marked(self, seg: bytes) -> None:
+        assert self._screen is not None
+        last = 0
+        for m in _OSC133.finditer(seg):
+            self._feed_segment(seg[last : m.end()])
+            last = m.end()
+            if m.group(1) == b"B":
+                s = self._screen
+                self._osc_prompt_end = (s.cursor.y + s.scrolled, s.cursor.x)
+        if last < len(seg):
+            self._feed_segment(seg[last:])
+
+    def _feed_segment(self, seg: bytes) -> None:
+        """Feed bytes without a line feed, advancing the head line's echo."""
+        assert self._stream is not None and self._screen is not None
+        head = self._lines[0] if self._lines else None
+        if head is None or head.echo == _NOECHO or (head.echo_complete and head.needed):
+            self._stream.feed(seg)
+            self._check_password_prompt(head)
+            return
+        # Match the head line's typed bytes against this output, in order. The
+        # cursor before the first matched byte is where the typed text starts.
+        needed = head.needed
+        k = head.matched
+        fed = 0
+        for i, b in enumerate(seg):
+            if k >= len(needed):
+                break
+            if b == needed[k]:
+                if k == 0 and head.match_start is None:
+                    self._stream.feed(seg[fed:i])
+                    fed = i
+                    s = self._screen
+                    head.match_start = (s.cursor.y + s.scrolled, s.cursor.x)
+                k += 1
+        self._stream.feed(seg[fed:])
+        if k > head.matched:
+            head.matched = k
+            if head.echo == _UNKNOWN and (head.entered is None or head.echo_complete):
+                # Echo seen before Enter, or the whole line echoed: it echoes.
+                head.echo = _ECHO
+        self._check_password_prompt(head)
+
+    def _check_password_prompt(self, head: _Line | None) -> None:
+        if head is None or head.echo != _UNKNOWN:
+            return
+        s = self._screen
+        assert s is not None
+        if PASSWORD_PROMPT.search(s.row_text(s.cursor.y)[: s.cursor.x]):
+            head.echo = _NOECHO
+            if head.entered is not None:
+                self._resolve(head)
+                self._advance()
+
+    def _newline(self) -> None:
+        """A line feed is about to be drawn: if it is the echo of a pending
+        Enter, read that line now."""
+        if not self._lines:
+            return
+        head = self._lines[0]
+        if head.entered is None:
+            # Output moved on before the user finished typing: whatever matched
+            # so far was not this line's echo (unless its text has newlines).
+            if not head.echo_complete and head.needed[head.matched] != 0x0A:
+                head.matched = 0
+                head.match_start = None
+            elif head.needed and not head.echo_complete:
+                head.matched += 1
+            return
+        if head.cancelled:
+            if head.echo == _UNKNOWN:
+                head.echo = _ECHO if head.echo_complete and head.needed else _NOECHO
+            self._resolve(head)
+            self._advance()
+            return
+        if not head.echo_complete:
+            if head.needed[head.matched] == 0x0A:
+                head.matched += 1  # a newline inside a pasted buffer
+                return
+            # This newline is someone else's (output of an earlier command,
+            # typed ahead): what matched so far was not this line's echo.
+            head.matched = 0
+            head.match_start = None
+            return
+        if head.echo == _UNKNOWN:
+            head.echo = _ECHO
+        if head.paste_newlines and not self._alt.active:
+            # Readline may redraw a multi-line buffer at Enter: the newlines of
+            # that redraw come before the Enter's own. Read once the screen
+            # shows as many lines as the buffer has.
+            s = self._screen
+            assert s is not None
+            text = self._logical_text(self._start_of(head, s.cursor.y), s.cursor.y)
+            if text.count("\n") < head.paste_newlines:
+                return
+        self._read_line(head)
+        self._advance()
+
+    def _read_line(self, line: _Line) -> None:
+        """Read the line's text off the screen (cursor on its last row)."""
+        s = self._screen
+        assert s is not None and line.entered is not None
+        in_alt = self._alt.active
+        self._resolve(line)
+        if in_alt or line.echo == _NOECHO:
+            return
+        cy = s.cursor.y
+        start = self._start_of(line, cy)
+        text = self._logical_text(start, cy)
+        if start[1] == 0 and not line.clean:
+            text = _strip_prompt(text, self._learned_prompt)
+        self._accept(line.entered, text)
+
+    def _start_of(self, line: _Line, cy: int) -> tuple[int, int]:
+        """The (row, col) where the typed text of ``line`` starts on screen."""
+        s = self._screen
+        assert s is not None
+        first = cy
+        breaks = line.paste_newlines
+        while first > 0:
+            if s.is_continuation(first):
+                first -= 1
+            elif breaks > 0:
+                breaks -= 1
+                first -= 1
+            else:
+                break
+        candidates = [line.prompt, self._osc_prompt_end, line.match_start]
+        if line.clean:
+            candidates = [line.prompt]
+        for cand in candidates:
+            if cand is None:
+                continue
+            y = cand[0] - s.scrolled
+            if first <= y <= cy:
+                return y, cand[1]
+        return first, 0
+
+    def _logical_text(self, start: tuple[int, int], last: int) -> str:
+        s = self._screen
+        assert s is not None
+        y0, x0 = start
+        while last + 1 < s.lines and s.is_continuation(last + 1):
+            last += 1  # the cursor may sit on an earlier row of a wrapped line
+        parts: list[str] = []
+        for y in range(y0, last + 1):
+            row = s.row_text(y, x0 if y == y0 else 0)
+            if y < last and s.is_continuation(y + 1):
+                parts.append(row)
+            else:
+                parts.append(row.rstrip())
+                if y < last:
+                    parts.append("\n")
+        return "".join(parts).rstrip()
+
+    def _accept(self, t: float, text: str) -> None:
+        """A line the shell accepted: join continuations, split complete lines."""
+        if self._continuation is not None:
+            text = self._continuation + "\n" + text
+            self._continuation = None
+        commands, rest = split_command_lines(text)
+        for cmd in commands:
+            if cmd.strip():
+                self._out.append(Command(t, cmd))
+        if rest is not None:
+            self._continuation = rest
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def _resolve(self, line: _Line) -> None:
+        if line.echo == _UNKNOWN:
+            line.echo = _NOECHO
+        try:
+            self._lines.remove(line)
+        except ValueError:
+            pass
+        if self._current is line:
+            self._current = None
+        self._settle = 0
+
+    def _advance(self) -> None:
+        """Resolve what can be resolved without more output."""
+        while self._lines:
+            head = self._lines[0]
+            if head.entered is not None and head.echo == _NOECHO:
+                self._resolve(head)
+                continue
+            break
+
+    def _drain(self, final: bool = False) -> list[ExtractorEvent]:
+        pieces = self._pieces
+        while pieces:
+            p = pieces[0]
+            line = p.line
+            if line is None or line.echo == _ECHO:
+                self._out.append(RecordableInput(p.time, p.data))
+            elif line.echo == _UNKNOWN and not final:
+                break
+            pieces.popleft()
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        out.sort(key=_order)  # commands and input both in time order
+        return out
+
+
+def _order(e: ExtractorEvent) -> float:
+    return e.time
+
+
+def _escape_end(data: bytes, i: int) -> int | None:
+    """End index of the escape sequence (one key) starting at ``data[i]``."""
+    n = len(data)
+    if i + 1 >= n:
+        # Maybe the first byte of an arrow key split across reads; readline
+        # reads ESC+key as one Meta key anyway, so waiting loses nothing.
+        return None
+    nxt = data[i + 1]
+    if nxt in (0x5B, 0x4F):  # CSI or SS3
+        j = i + 2
+        if nxt == 0x4F:
+            return j + 1 if j < n else None
+        while j < n:
+            if 0x40 <= data[j] <= 0x7E:
+                return j + 1
+            j += 1
+        return None
+    return i + 2  # Alt+key
+
+
+def _strip_prompt(text: str, prompt: str) -> str:
+    if prompt and text.startswith(prompt):
+        return text[len(prompt) :]
+    if prompt.strip() and text.startswith(prompt.rstrip()):
+        return text[len(prompt.rstrip()) :].lstrip()
+    m = re.match(r"^[^\n]{0,80}?[$#%>] ", text)
+    return text[m.end() :] if m else text
+
+
+def split_command_lines(text: str) -> tuple[list[str], str | None]:
+    """Split a buffer the shell received into complete command lines.
+
+    Returns ``(complete, rest)``: ``rest`` is the incomplete tail (open quote,
+    trailing backslash) to be continued by the next accepted line, or None.
+    A newline ends a command unless it is escaped or inside quotes; ``#``
+    starts a comment (so ``don't`` in a comment opens nothing)."""
+    complete: list[str] = []
+    start = 0
+    i = 0
+    n = len(text)
+    quote = ""  # "'", '"', or "$'"
+    word_start = True
+    while i < n:
+        c = text[i]
+        if quote == "'":
+            if c == "'":
+                quote = ""
+            i += 1
+            continue
+        if quote in ('"', "$'"):
+            if c == "\\":
+                i += 2
+                continue
+            if (quote == '"' and c == '"') or (quote == "$'" and c == "'"):
+                quote = ""
+            i += 1
+            continue
+        if c == "\\":
+            if i + 1 >= n:
+                return complete, text[start:]  # trailing backslash: continues
+            i += 2
+            word_start = False
+            continue
+        if c == "'":
+            quote = "'"
+        elif c == '"':
+            quote = '"'
+        elif c == "$" and text.startswith("$'", i):
+            quote = "$'"
+            i += 2
+            continue
+        elif c == "#" and word_start:
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl
+            continue
+        elif c == "\n":
+            complete.append(text[start:i])
+            start = i + 1
+            word_start = True
+            i += 1
+            continue
+        word_start = c in " \t;&|()<>"
+        i += 1
+    if quote:
+        return complete, text[start:]
+    complete.append(text[start:])
+    return complete, None

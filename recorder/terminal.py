@@ -1,0 +1,160 @@
+"""What the recorder needs from a terminal emulator, on top of pyte.
+
+Owns two small things shared by ``commands`` and ``screen``:
+
+* ``TrackedScreen``: a ``pyte.Screen`` that also knows which rows are soft
+  wraps of the row above (pyte forgets that) and how many rows have scrolled
+  off the top, so a position taken earlier can still be found after the
+  screen scrolled (a long command line typed at the bottom row scrolls).
+* ``OutputTail``: a bounded tail of raw output, cheap to append to on the hot
+  path, from which an emulator is re-synchronised when it is needed again.
+* ``AltScreenTracker``: whether a full-screen program has the alternate screen,
+  from a byte search per chunk (pyte 0.8 ignores modes 47/1047/1049).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyte
+
+
+class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hints
+    """A pyte screen that records soft wraps and scrolling.
+
+    ``scrolled`` counts rows that left the top; an *absolute* row is
+    ``y + scrolled``. ``wrapped`` holds the absolute rows that continue the row
+    above because the cursor ran past the right margin (not because of a
+    line feed)."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        self.scrolled = 0
+        self.wrapped: set[int] = set()
+        self._drawing = False
+        super().__init__(columns, lines)
+
+    def reset(self) -> None:
+        super().reset()
+        self.wrapped = set()
+
+    def draw(self, data: str) -> None:
+        # pyte wraps inside draw() with carriage_return()+linefeed(); flagging
+        # the call lets linefeed() tell a soft wrap from a real line feed.
+        self._drawing = True
+        try:
+            super().draw(data)
+        finally:
+            self._drawing = False
+
+    def index(self) -> None:
+        top, bottom = self.margins or (0, self.lines - 1)
+        if self.cursor.y == bottom and top == 0:
+            self.scrolled += 1
+        super().index()
+
+    def linefeed(self) -> None:
+        super().linefeed()
+        row = self.cursor.y + self.scrolled
+        if self._drawing:
+            self.wrapped.add(row)
+        else:
+            self.wrapped.discard(row)
+        if len(self.wrapped) > 4 * self.lines:
+            low = self.scrolled
+            self.wrapped = {r for r in self.wrapped if r >= low}
+
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        # pyte's parser passes private=True for "CSI > ... m" (xterm key
+        # modifier options, sent by vim), which Screen does not accept.
+        if not private:
+            super().select_graphic_rendition(*attrs)
+
+    def erase_in_display(self, how: int = 0, *args: object, **kwargs: object) -> None:
+        super().erase_in_display(how, *args, **kwargs)
+        if how in (2, 3):
+            self.wrapped = set()
+
+    def row_text(self, y: int, start: int = 0) -> str:
+        """The characters of row ``y`` from column ``start``, trailing blanks kept."""
+        line = self.buffer[y]
+        return "".join(line[x].data for x in range(start, self.columns))
+
+    def is_continuation(self, y: int) -> bool:
+        """Whether row ``y`` continues row ``y - 1`` (a soft wrap). Falls back
+        to "the row above is full to the last column", which catches
+        programs that position the cursor themselves across the margin."""
+        if y <= 0:
+            return False
+        if y + self.scrolled in self.wrapped:
+            return True
+        above = self.buffer[y - 1]
+        return above[self.columns - 1].data not in (" ", "")
+
+
+class OutputTail:
+    """The last ``limit`` bytes (at least) of output, appended in O(1)
+    amortised: chunks are kept in a list and compacted only when the list
+    holds twice the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > 2 * self.limit:
+            joined = b"".join(self._chunks)[-self.limit :]
+            self._chunks = [joined]
+            self._size = len(joined)
+
+    def clear(self) -> None:
+        self._chunks = []
+        self._size = 0
+
+    def get(self) -> bytes:
+        joined = b"".join(self._chunks)
+        self._chunks = [joined] if joined else []
+        return joined[-self.limit :]
+
+
+_ALT = re.compile(rb"\x1b\[\?(?:1049|1047|47)([hl])")
+
+
+class AltScreenTracker:
+    """Alternate-screen state from the output stream. A sequence split across
+    two reads is caught by keeping the last few bytes of the previous one."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._carry = b""
+
+    def feed(self, data: bytes) -> None:
+        # A byte search is much cheaper than a regex over a 64 KiB read, and
+        # the common case (no "[?" at all) costs one memchr-speed scan.
+        if len(data) >= 8 and b"[?" not in data and b"[?" not in self._carry + data[:2]:
+            self._carry = data[-8:]
+            return
+        buf = self._carry + data
+        last = None
+        for m in _ALT.finditer(buf):
+            last = m
+        if last is not None:
+            self.active = last.group(1) == b"h"
+            buf = buf[last.end() :]  # never match the same sequence twice
+        self._carry = buf[-8:]
+
+
+def resync_start(tail: bytes) -> bytes:
+    """Where to start replaying a tail into a fresh emulator: at the last
+    alternate-screen switch or full clear when there is one (everything
+    before it is invisible anyway), else just after the first line feed, so
+    the replay never begins inside an escape sequence or a half line."""
+    best = -1
+    for marker in (b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[2J", b"\x1bc"):
+        best = max(best, tail.rfind(marker))
+    if best >= 0:
+        return tail[best:]
+    nl = tail.find(b"\n")
+    return tail[nl + 1 :] if nl >= 0 else tail

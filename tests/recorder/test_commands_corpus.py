@@ -1,0 +1,93 @@
+"""Replay every captured session in tests/corpus through CommandExtractor.
+
+The extractor must find exactly the commands each case expects (100% precision
+and recall), and no secret typed at a no-echo prompt may appear in a command or
+in the input it releases as recordable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recorder.commands import Command, CommandExtractor, ExtractorEvent, RecordableInput
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+CASES = sorted(CORPUS.glob("*.json"))
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def chunks(case: dict, byte_at_a_time: bool = False) -> Iterator[tuple[float, str, bytes]]:
+    for t, direction, text in case["events"]:
+        data = text.encode("latin-1")
+        if byte_at_a_time:
+            for i in range(len(data)):
+                yield t, direction, data[i : i + 1]
+        else:
+            yield t, direction, data
+
+
+def replay(case: dict, byte_at_a_time: bool = False) -> list[ExtractorEvent]:
+    ex = CommandExtractor(case["cols"], case["rows"])
+    events: list[ExtractorEvent] = []
+    for t, direction, data in chunks(case, byte_at_a_time):
+        if direction == "o":
+            events += ex.output(t, data)
+        else:
+            events += ex.input(t, data)
+    events += ex.finish()
+    return events
+
+
+def commands(events: list[ExtractorEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Command)]
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_corpus_case(path: Path) -> None:
+    case = load(path)
+    events = replay(case)
+    assert commands(events) == case["expected"]
+    recorded = b"".join(e.data for e in events if isinstance(e, RecordableInput))
+    for secret in case["secrets"]:
+        assert secret not in "\n".join(commands(events))
+        assert secret.encode() not in recorded
+        # and no fragment long enough to matter either
+        assert secret.encode()[:4] not in recorded
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_corpus_byte_at_a_time(path: Path) -> None:
+    case = load(path)
+    assert commands(replay(case, byte_at_a_time=True)) == case["expected"]
+
+
+def test_corpus_score() -> None:
+    """Precision and recall over the whole corpus, for the record."""
+    found = expected = correct = 0
+    for path in CASES:
+        case = load(path)
+        got = commands(replay(case))
+        found += len(got)
+        expected += len(case["expected"])
+        remaining = list(case["expected"])
+        for cmd in got:
+            if cmd in remaining:
+                remaining.remove(cmd)
+                correct += 1
+    assert CASES, "the corpus is empty"
+    assert (correct / found if found else 1.0, correct / expected) == (1.0, 1.0)
+
+
+def test_echoed_input_is_released_in_order() -> None:
+    case = load(CORPUS / "simple.json")
+    events = replay(case)
+    recorded = b"".join(e.data for e in events if isinstance(e, RecordableInput))
+    typed = b"".join(d for _, direction, d in chunks(case) if direction == "i")
+    assert recorded == typed
