@@ -16,9 +16,15 @@ import pytest
 
 # The harness is imported as the top-level package ``harness`` whatever pytest's
 # rootdir handling does (a tests/__init__.py added later would otherwise move it).
-_TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
+# The repository root goes first: pytest puts tests/ on sys.path, where the
+# directory tests/config/ would otherwise be imported as a namespace package
+# named ``config`` in place of the real one (the editable install's finder is
+# asked only after sys.path).
+_TESTS = Path(__file__).resolve().parent
+for _entry in (str(_TESTS), str(_TESTS.parent)):
+    if _entry in sys.path:
+        sys.path.remove(_entry)
+    sys.path.insert(0, _entry)
 
 from harness import procs  # noqa: E402  (needs the sys.path entry above)
 from harness.keys import KeyPair, generate_key  # noqa: E402
