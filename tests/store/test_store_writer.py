@@ -1,0 +1,176 @@
+"""The batched writer: volume and order, bad records, a locked database,
+backpressure, flush and close."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+import structlog
+from store_helpers import at, who
+
+from store import QueryFilter, SqliteStore, StoreError
+from store.events import (
+    AuditEntry,
+    ClosedEvent,
+    CloseReason,
+    CommandRecord,
+    ConnectedEvent,
+    DisconnectedEvent,
+    OpenEvent,
+)
+
+
+async def test_ten_thousand_events_in_ten_thousand_rows_out_in_order(db_path: Path) -> None:
+    s = SqliteStore(db_path, batch_size=1000)
+    await s.open()
+    sent = []
+    for i in range(2500):
+        cid = f"conn-{i:05d}"
+        sent += [
+            OpenEvent(connection_id=cid, time=at(4 * i), **who()),
+            ConnectedEvent(connection_id=cid, time=at(4 * i + 1), **who()),
+            DisconnectedEvent(connection_id=cid, time=at(4 * i + 2), **who()),
+            ClosedEvent(connection_id=cid, time=at(4 * i + 3), reason=CloseReason.CLIENT_EXIT,
+                        closed_by="alice", message="exit status 0", **who()),
+        ]
+    for e in sent:
+        s.emit(e)
+    await s.close()  # close drains: nothing emitted is lost
+
+    async with SqliteStore(db_path, readonly=True) as ro:
+        got = await ro.events(QueryFilter())
+        assert len(got) == 10_000
+        assert got == sent
+        conns = await ro.connections(QueryFilter())
+    assert len(conns) == 2500
+    assert {c.state for c in conns} == {"closed"}
+    with sqlite3.connect(db_path) as db:
+        seq_order = [r[0] for r in db.execute("SELECT id FROM events ORDER BY seq")]
+    assert seq_order == [e.id for e in sent]
+
+
+async def test_state_follows_the_last_event_across_batches(db_path: Path) -> None:
+    # batch_size=1: every event in its own transaction (the coalescing path
+    # within one batch is covered by the 10,000-event test)
+    for batch_size in (1, 1000):
+        s = SqliteStore(db_path.with_name(f"b{batch_size}.db"), batch_size=batch_size)
+        await s.open()
+        s.emit(OpenEvent(connection_id="a", time=at(0), **who()))
+        await s.flush()
+        assert (await s.connection("a")).state == "open"  # type: ignore[union-attr]
+        s.emit(ConnectedEvent(connection_id="a", time=at(1), **who()))
+        await s.flush()
+        assert (await s.connection("a")).state == "connected"  # type: ignore[union-attr]
+        s.emit(DisconnectedEvent(connection_id="a", time=at(2), **who()))
+        await s.flush()
+        assert (await s.connection("a")).state == "detached"  # type: ignore[union-attr]
+        s.emit(ConnectedEvent(connection_id="a", time=at(3), **who()))
+        s.emit(ClosedEvent(connection_id="a", time=at(4), reason=CloseReason.ADMIN_CLOSED,
+                           closed_by="bob", message="closed by admin bob: maint",
+                           bytes_in=10, bytes_out=20, **who()))
+        # a second close and a late attach must not change the record
+        s.emit(ClosedEvent(connection_id="a", time=at(5), reason=CloseReason.ERROR,
+                           closed_by="system", **who()))
+        s.emit(ConnectedEvent(connection_id="a", time=at(6), **who()))
+        await s.flush()
+        c = await s.connection("a")
+        assert c is not None
+        assert (c.state, c.reason, c.closed_by, c.closed_at, c.bytes_in, c.bytes_out) == (
+            "closed", "admin_closed", "bob", at(4), 10, 20,
+        )
+        assert c.message == "closed by admin bob: maint"
+        await s.close()
+
+
+async def test_writer_survives_bad_records(store: SqliteStore) -> None:
+    good1 = OpenEvent(connection_id="a", time=at(0), **who())
+    # an int sqlite cannot hold fails inside executemany, for the whole batch
+    too_big = ClosedEvent(connection_id="a", time=at(1), reason=CloseReason.ERROR,
+                          closed_by="system", bytes_in=2**70, **who())
+    # something that is not a record at all fails before the database
+    not_a_record = {"type": "open"}
+    # a model built without validation, with no usable time
+    broken = CommandRecord.model_construct(time=None, connection_id="a", user="alice")
+    good2 = AuditEntry(time=at(2), actor="alice", action="lock", detail="bob")
+    with structlog.testing.capture_logs() as logs:
+        for r in (good1, too_big, not_a_record, broken, good2):
+            store.emit(r)  # type: ignore[arg-type]
+        await store.flush()
+    assert await store.events(QueryFilter()) == [good1]
+    assert await store.audit(QueryFilter()) == [good2]
+    skipped = [e for e in logs if e["event"] == "store skipped a bad record"]
+    assert len(skipped) == 3
+    assert any("not a store record: dict" in e["error"] for e in skipped)
+    # and it keeps going
+    store.emit(ConnectedEvent(connection_id="a", time=at(3), **who()))
+    await store.flush()
+    assert (await store.connection("a")).state == "connected"  # type: ignore[union-attr]
+
+
+async def test_writer_retries_while_the_database_is_locked(db_path: Path) -> None:
+    s = SqliteStore(db_path, busy_timeout=0.01)
+    await s.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with structlog.testing.capture_logs() as logs:
+            s.emit(OpenEvent(connection_id="a", time=at(0), **who()))
+            flushed = asyncio.ensure_future(s.flush())
+            await asyncio.sleep(0.3)
+            assert not flushed.done()
+            other.execute("COMMIT")
+            await asyncio.wait_for(flushed, 5)
+        retries = [e for e in logs if e["event"] == "store write failed; retrying"]
+        assert retries and "locked" in retries[0]["error"]
+        assert [e.connection_id for e in await s.events(QueryFilter())] == ["a"]
+    finally:
+        other.close()
+        await s.close()
+
+
+async def test_admission_waits_for_the_backlog_to_drain(db_path: Path) -> None:
+    s = SqliteStore(db_path, queue_size=100, batch_size=10)
+    await s.open()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # hold the writer up so the backlog builds
+    try:
+        for i in range(300):
+            s.emit(CommandRecord(time=at(i), connection_id="c", user="u", target="t",
+                                 target_user="l", command=f"echo {i}"))
+        assert s.backlog >= 100  # emit never blocked and dropped nothing
+        admitted = asyncio.ensure_future(s.admission())
+        await asyncio.sleep(0.1)
+        assert not admitted.done()
+        other.execute("COMMIT")
+        await asyncio.wait_for(admitted, 5)
+        assert s.backlog < 100
+        await s.flush()
+        assert len(await s.commands(QueryFilter())) == 300
+    finally:
+        other.close()
+        await s.close()
+
+
+async def test_admission_is_immediate_below_the_mark(store: SqliteStore) -> None:
+    store.emit(CommandRecord(time=at(0), connection_id="c", user="u", target="t",
+                             target_user="l", command="ls"))
+    await asyncio.wait_for(store.admission(), 0.5)
+
+
+async def test_emit_after_close_is_refused(db_path: Path) -> None:
+    s = SqliteStore(db_path)
+    await s.open()
+    await s.close()
+    with pytest.raises(StoreError):
+        s.emit(AuditEntry(actor="a", action="b"))
+
+
+async def test_readonly_store_refuses_writes(store: SqliteStore, db_path: Path) -> None:
+    async with SqliteStore(db_path, readonly=True) as ro:
+        with pytest.raises(StoreError):
+            ro.emit(AuditEntry(actor="a", action="b"))
+        with pytest.raises(StoreError):
+            await ro.unlock_user("bob")
