@@ -104,6 +104,10 @@ SETTLE_BYTES = 16 * 1024
 """Output fed to the emulator after the last line resolved, before it is
 dropped in favour of the raw tail (an interactive shell stays engaged)."""
 
+BUSY_BYTES = 256 * 1024
+"""Output with no key typed after which pending lines are given up on, so a
+line that is never resolved cannot keep the emulator on the hot path."""
+
 PASSWORD_PROMPT = re.compile(r"(password|passphrase|\bpin\b|passcode|secret)[^\n]*:\s*$", re.I)
 
 _UNKNOWN, _ECHO, _NOECHO = 0, 1, 2
@@ -191,8 +195,11 @@ class CommandExtractor:
                 line.output_after_enter = True
         self._feed(data)
         self._settle += len(data)
-        if not self._lines and self._current is None and self._settle > SETTLE_BYTES:
-            self._disengage()
+        if self._settle > SETTLE_BYTES:
+            if self._lines and self._settle > BUSY_BYTES:
+                self._give_up()
+            if not self._lines:
+                self._disengage()
         return self._drain()
 
     def input(self, t: float, data: bytes) -> list[ExtractorEvent]:
@@ -290,6 +297,22 @@ class CommandExtractor:
             self._current.echo = _NOECHO
         self._current = None
         return self._drain(final=True)
+
+    def _give_up(self) -> None:
+        """Bulk output and no key for ``BUSY_BYTES``: whatever is pending will
+        not be resolved by watching more of it, and the emulator must stop
+        costing time. Echoed complete lines are read as they stand; undecided
+        ones are treated as not echoed (never leak), partial ones are dropped
+        from command tracking."""
+        while self._lines:
+            line = self._lines[0]
+            if line.entered is not None and line.echo == _ECHO and line.echo_complete:
+                self._read_line(line)
+            else:
+                if line.entered is None and line.echo == _ECHO:
+                    self._current = None
+                self._resolve(line)
+        self._current = None
 
     # -- input side ------------------------------------------------------
 

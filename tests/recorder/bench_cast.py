@@ -34,7 +34,9 @@ def bench(name: str, chunk: bytes, with_extractor: bool) -> None:
         from recorder.commands import CommandExtractor
 
         ext = CommandExtractor(80, 24)
+        ext.output(0.0, b"bash-5.2$ ")
         ext.input(0.0, b"cat big\r")
+        ext.output(0.0, b"cat big\r\n")
     n = TOTAL // len(chunk)
     written = 0
     t0 = time.perf_counter()
