@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 
 import pyte
 
-from recorder.terminal import AltScreenTracker, OutputTail, TrackedScreen, resync_start
+from recorder.terminal import OutputTail, PrivateModes, TrackedScreen, resync_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ class CommandExtractor:
         self._screen: TrackedScreen | None = None
         self._stream: pyte.ByteStream | None = None
         self._tail = OutputTail(TAIL_BYTES)
-        self._alt = AltScreenTracker()
+        self._alt = PrivateModes()
         self._settle = 0  # output bytes fed since the last line resolved
         self._lines: deque[_Line] = deque()  # unresolved, oldest first
         self._current: _Line | None = None  # the line being typed (no Enter yet)
@@ -321,7 +321,7 @@ class CommandExtractor:
         full-screen program."""
         if self._current is not None:
             return self._current
-        if self._alt.active and not self._lines:
+        if self._alt.alt and not self._lines:
             return None
         screen = self._engage()
         if self._lines:
@@ -485,7 +485,7 @@ class CommandExtractor:
             return
         if head.echo == _UNKNOWN:
             head.echo = _ECHO
-        if head.paste_newlines and not self._alt.active:
+        if head.paste_newlines and not self._alt.alt:
             # Readline may redraw a multi-line buffer at Enter: the newlines of
             # that redraw come before the Enter's own. Read once the screen
             # shows as many lines as the buffer has.
@@ -501,7 +501,7 @@ class CommandExtractor:
         """Read the line's text off the screen (cursor on its last row)."""
         s = self._screen
         assert s is not None and line.entered is not None
-        in_alt = self._alt.active
+        in_alt = self._alt.alt
         self._resolve(line)
         if in_alt or line.echo == _NOECHO:
             return

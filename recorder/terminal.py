@@ -8,8 +8,9 @@ Owns two small things shared by ``commands`` and ``screen``:
   screen scrolled (a long command line typed at the bottom row scrolls).
 * ``OutputTail``: a bounded tail of raw output, cheap to append to on the hot
   path, from which an emulator is re-synchronised when it is needed again.
-* ``AltScreenTracker``: whether a full-screen program has the alternate screen,
-  from a byte search per chunk (pyte 0.8 ignores modes 47/1047/1049).
+* ``PrivateModes``: DEC private modes (alternate screen, bracketed paste,
+  cursor keys, mouse) from a byte search per chunk; pyte 0.8 ignores the
+  alternate screen.
 """
 
 from __future__ import annotations
@@ -119,20 +120,32 @@ class OutputTail:
         return joined[-self.limit :]
 
 
-_ALT = re.compile(rb"\x1b\[\?(?:1049|1047|47)([hl])")
+_PRIVATE_MODE = re.compile(rb"\x1b\[\?([0-9;]+)([hl])")
+
+ALT_MODES = frozenset({47, 1047, 1049})
+"""DEC private modes that switch to the alternate screen."""
+
+TRACKED_MODES = frozenset({1, 25, 1000, 1002, 1003, 1005, 1006, 2004}) | ALT_MODES
+"""Modes worth restoring on a reattached terminal: application cursor keys,
+cursor visibility, mouse reporting, bracketed paste, alternate screen."""
 
 
-class AltScreenTracker:
-    """Alternate-screen state from the output stream. A sequence split across
-    two reads is caught by keeping the last few bytes of the previous one."""
+class PrivateModes:
+    """DEC private modes (``CSI ? n h/l``) from the output stream, cheap enough
+    for every byte: a sequence split across two reads is caught by keeping the
+    last few bytes of the previous one, and reads without ESC cost one memchr.
+    pyte 0.8 ignores the alternate screen, hence this."""
 
     def __init__(self) -> None:
-        self.active = False
+        self.modes: dict[int, bool] = {}
         self._carry = b""
 
+    @property
+    def alt(self) -> bool:
+        """Whether a full-screen program has the alternate screen."""
+        return any(self.modes.get(m, False) for m in ALT_MODES)
+
     def feed(self, data: bytes) -> None:
-        # Every switch starts with ESC, and a memchr for ESC runs at memory
-        # speed: bulk text without escapes costs one scan and no allocation.
         if self._carry:
             buf = self._carry + data
         elif b"\x1b" not in data:
@@ -140,14 +153,18 @@ class AltScreenTracker:
         else:
             buf = data
         if b"[?" in buf:
-            last = None
-            for m in _ALT.finditer(buf):
-                last = m
-            if last is not None:
-                self.active = last.group(1) == b"h"
-                buf = buf[last.end() :]  # never match the same sequence twice
-        tail = buf[-8:]
+            end = 0
+            for m in _PRIVATE_MODE.finditer(buf):
+                on = m.group(2) == b"h"
+                for num in m.group(1).split(b";"):
+                    if num and int(num) in TRACKED_MODES:
+                        self.modes[int(num)] = on
+                end = m.end()
+            buf = buf[end:]  # never match the same sequence twice
+        tail = buf[-16:]
         self._carry = tail if b"\x1b" in tail else b""
+
+
 
 
 def resync_start(tail: bytes) -> bytes:

@@ -1,0 +1,206 @@
+"""The screen model for reattach: what the terminal shows now, as bytes that
+repaint a fresh terminal.
+
+``ScreenModel`` owns "what would a client see if it attached right now". The
+gateway feeds it every output byte of a shell (attached or not: a client may
+detach at any moment) and calls ``redraw()`` when a client (re)attaches.
+
+Why it is lazy: pyte emulates at a few MB/s, far below the relay's rate. So
+``feed()`` only appends to a list of pending chunks and runs a byte search for
+DEC private modes (alternate screen, bracketed paste, cursor keys, mouse;
+``PrivateModes``). pyte sees the pending bytes only when ``redraw()`` is
+called, or when they exceed ``BOUND``: then only the last ``BOUND`` bytes are
+kept and replayed. Feeding 100 MB therefore costs appends plus a few ``join``s
+of ``2 * BOUND``; a redraw costs at most one replay of ``BOUND`` bytes.
+
+Where a replay of a tail starts (``resync_start``): at the last full clear or
+alternate-screen switch inside it if there is one (full-screen programs such
+as vim and top repaint after those, and nothing before them is visible),
+otherwise just after the first line feed, so the replay never starts inside an
+escape sequence and a scrolling shell's last screenful (24 lines of a 256 KiB
+tail) is complete. When a tail without such a boundary is replayed, it is
+drawn over the previous screen state rather than a blank one, so a full-screen
+program that only repaints what changed keeps the cells it did not touch.
+
+The alternate screen is emulated here (pyte does not): entering it saves the
+main screen, leaving restores it, so the redraw after ``vim`` exits shows the
+shell as it was. ``redraw()`` re-enters the alternate screen on the client when
+a program has it, so the program's own exit restores the client's main screen.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyte
+from pyte.graphics import BG_AIXTERM, BG_ANSI, FG_AIXTERM, FG_ANSI
+
+from recorder.terminal import ALT_MODES, OutputTail, PrivateModes, TrackedScreen, resync_start
+
+BOUND = 256 * 1024
+"""Unreplayed output kept; beyond it the oldest bytes are dropped."""
+
+_FG = {name: code for code, name in {**FG_ANSI, **FG_AIXTERM}.items()}
+_BG = {name: code for code, name in {**BG_ANSI, **BG_AIXTERM}.items()}
+_ALT_SWITCH = re.compile(rb"\x1b\[\?(?:1049|1047|47)[hl]")
+_SANE_START = (b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[2J", b"\x1bc")
+
+
+class ScreenModel:
+    """The visible screen of one shell, for redraw on reattach."""
+
+    def __init__(self, cols: int, rows: int) -> None:
+        self.cols = cols
+        self.rows = rows
+        self._screen = TrackedScreen(cols, rows)
+        self._stream = pyte.ByteStream(self._screen)
+        self._pending = OutputTail(BOUND)
+        self._pending_size = 0
+        self._modes = PrivateModes()
+        self._in_alt = False  # as far as pyte has been fed
+        self._saved_main: tuple[list[list[pyte.screens.Char]], int, int] | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Output from the target. Cheap: emulation is deferred."""
+        if not data:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self._modes.feed(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._catch_up()
+        self.cols, self.rows = cols, rows
+        self._screen.resize(rows, cols)
+
+    @property
+    def alternate_screen(self) -> bool:
+        """Whether a full-screen program has the alternate screen now."""
+        return self._modes.alt
+
+    def redraw(self) -> bytes:
+        """Bytes that repaint a fresh terminal of this size to the current
+        screen: modes, every non-blank cell with its colours and attributes,
+        the cursor position, attributes and visibility."""
+        self._catch_up()
+        s = self._screen
+        out: list[str] = []
+        modes = self._modes.modes
+        if self._modes.alt:
+            out.append("\x1b[?1049h")
+        for mode, on in sorted(modes.items()):
+            if mode not in ALT_MODES and mode != 25:
+                out.append(f"\x1b[?{mode}{'h' if on else 'l'}")
+        out.append("\x1b[0m\x1b[H\x1b[2J")
+        default = s.default_char
+        for y in range(s.lines):
+            row = s.buffer[y]
+            last = -1
+            for x in range(s.columns - 1, -1, -1):
+                ch = row[x]
+                if ch.data not in (" ", "") or _sgr(ch) != _sgr(default):
+                    last = x
+                    break
+            if last < 0:
+                continue
+            out.append(f"\x1b[{y + 1};1H")
+            attrs = _sgr(default)
+            for x in range(last + 1):
+                ch = row[x]
+                if ch.data == "":
+                    continue  # the stub cell after a wide character
+                sgr = _sgr(ch)
+                if sgr != attrs:
+                    out.append(f"\x1b[0;{sgr}m" if sgr else "\x1b[0m")
+                    attrs = sgr
+                out.append(ch.data)
+            if attrs:
+                out.append("\x1b[0m")
+        cursor = s.cursor
+        out.append(f"\x1b[{min(cursor.y, s.lines - 1) + 1};{min(cursor.x, s.columns - 1) + 1}H")
+        sgr = _sgr(cursor.attrs)
+        if sgr:
+            out.append(f"\x1b[0;{sgr}m")
+        hidden = cursor.hidden or modes.get(25) is False
+        out.append("\x1b[?25l" if hidden else "\x1b[?25h")
+        return "".join(out).encode("utf-8")
+
+    def text(self) -> list[str]:
+        """The visible rows as text (for tests and the CLI)."""
+        self._catch_up()
+        return [line.rstrip() for line in self._screen.display]
+
+    # -- emulation -------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        if not self._pending_size:
+            return
+        overflowed = self._pending_size > BOUND
+        data = self._pending.get()
+        self._pending.clear()
+        self._pending_size = 0
+        if overflowed:
+            # Bytes were dropped: replay from a boundary (a clear or an
+            # alternate-screen switch, which repaint from blank by themselves,
+            # or a line start), drawn over what the screen showed before.
+            data = resync_start(data)
+            if not data.startswith(_SANE_START) and self._in_alt != self._modes.alt:
+                # The dropped bytes switched screens; the tail has no switch.
+                self._switch(self._modes.alt)
+        self._feed_pyte(data)
+
+    def _feed_pyte(self, data: bytes) -> None:
+        pos = 0
+        for m in _ALT_SWITCH.finditer(data):
+            self._stream.feed(data[pos : m.start()])
+            pos = m.end()
+            self._switch(m.group().endswith(b"h"))
+        self._stream.feed(data[pos:])
+
+    def _switch(self, to_alt: bool) -> None:
+        s = self._screen
+        if to_alt and not self._in_alt:
+            rows = [[s.buffer[y][x] for x in range(s.columns)] for y in range(s.lines)]
+            self._saved_main = (rows, s.cursor.x, s.cursor.y)
+            s.erase_in_display(2)
+        elif not to_alt and self._in_alt:
+            s.erase_in_display(2)
+            if self._saved_main is not None:
+                rows, x, y = self._saved_main
+                for yy, row in enumerate(rows[: s.lines]):
+                    line = s.buffer[yy]
+                    for xx, ch in enumerate(row[: s.columns]):
+                        line[xx] = ch
+                s.cursor_position(y + 1, x + 1)
+            self._saved_main = None
+        self._in_alt = to_alt
+
+
+def _sgr(ch: pyte.screens.Char) -> str:
+    """The SGR parameters (without CSI/m) for a cell's attributes."""
+    parts: list[str] = []
+    if ch.bold:
+        parts.append("1")
+    if ch.italics:
+        parts.append("3")
+    if ch.underscore:
+        parts.append("4")
+    if ch.blink:
+        parts.append("5")
+    if ch.reverse:
+        parts.append("7")
+    if ch.strikethrough:
+        parts.append("9")
+    for color, names, extended in ((ch.fg, _FG, "38"), (ch.bg, _BG, "48")):
+        if color == "default":
+            continue
+        code = names.get(color)
+        if code is not None:
+            parts.append(str(code))
+        elif len(color) == 6:
+            try:
+                r, g, b = (int(color[i : i + 2], 16) for i in (0, 2, 4))
+            except ValueError:
+                continue
+            parts.append(f"{extended};2;{r};{g};{b}")
+    return ";".join(parts)
