@@ -118,7 +118,7 @@ def test_overflow_inside_full_screen_program() -> None:
         m.feed(filler % i)
     assert m.alternate_screen
     text = m.text()
-    assert text[4] == "counter %06d" % (BOUND // 10 - 1)
+    assert text[4] == f"counter {BOUND // 10 - 1:06d}"
     assert_same(m)
 
 
