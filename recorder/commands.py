@@ -123,6 +123,7 @@ class _Line:
 
     clean: bool  # started with nothing pending: the cursor marks the prompt end
     prompt: tuple[int, int] | None  # (absolute row, col) where the typed text starts
+    prompt_text: str = ""  # the row's text left of ``prompt``
     echo: int = _UNKNOWN
     needed: bytearray = field(default_factory=bytearray)  # printable bytes typed
     matched: int = 0  # how many of ``needed`` the output has echoed so far
@@ -337,6 +338,7 @@ class CommandExtractor:
         line = _Line(clean=clean, prompt=cursor if clean else None)
         if clean:
             left = screen.row_text(screen.cursor.y)[: screen.cursor.x]
+            line.prompt_text = left
             if PASSWORD_PROMPT.search(left):
                 line.echo = _NOECHO
             elif left.strip():
@@ -508,12 +510,29 @@ class CommandExtractor:
         cy = s.cursor.y
         start = self._start_of(line, cy)
         text = self._logical_text(start, cy)
-        if start[1] == 0 and not line.clean:
-            text = _strip_prompt(text, self._learned_prompt)
+        if start == self._fallback_start(line, cy):
+            # No known position survived (typed ahead, or a completion listing
+            # moved the line down): take the row and strip the prompt text.
+            text = _strip_prompt(text, line.prompt_text or self._learned_prompt)
         self._accept(line.entered, text)
 
     def _start_of(self, line: _Line, cy: int) -> tuple[int, int]:
-        """The (row, col) where the typed text of ``line`` starts on screen."""
+        """The (row, col) where the typed text of ``line`` starts on screen:
+        the prompt end noted at its first key, else an OSC 133 ``B`` mark, else
+        where its echo began, if that is on the logical line at the cursor."""
+        s = self._screen
+        assert s is not None
+        first = self._fallback_start(line, cy)[0]
+        for cand in (line.prompt, self._osc_prompt_end, line.match_start):
+            if cand is None:
+                continue
+            y = cand[0] - s.scrolled
+            if first <= y <= cy:
+                return y, cand[1]
+        return first, 0
+
+    def _fallback_start(self, line: _Line, cy: int) -> tuple[int, int]:
+        """The first row of the logical line at the cursor, column 0."""
         s = self._screen
         assert s is not None
         first = cy
@@ -526,15 +545,6 @@ class CommandExtractor:
                 first -= 1
             else:
                 break
-        candidates = [line.prompt, self._osc_prompt_end, line.match_start]
-        if line.clean:
-            candidates = [line.prompt]
-        for cand in candidates:
-            if cand is None:
-                continue
-            y = cand[0] - s.scrolled
-            if first <= y <= cy:
-                return y, cand[1]
         return first, 0
 
     def _logical_text(self, start: tuple[int, int], last: int) -> str:

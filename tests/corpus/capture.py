@@ -241,6 +241,84 @@ CASES = [
         ["seq 1 100", "echo end"],
     ),
     Case(
+        "fast_enter",
+        [send(b"echo fast\r"), send(b"echo faster\r")],
+        ["echo fast", "echo faster"],
+    ),
+    Case(
+        "type_ahead_burst",
+        [burst(b"sleep 0.5\r"), burst(b"echo ahead\r"), pause(1.5)],
+        ["sleep 0.5", "echo ahead"],
+    ),
+    Case(
+        "ctrl_c_continuation",
+        [type_("echo 'open\r"), type_("more\x03"), type_("echo fine\r")],
+        ["echo fine"],
+    ),
+    Case("comment_apostrophe", [type_("echo hi # don't\r")], ["echo hi # don't"]),
+    Case("empty_lines", [type_("\r"), type_("   \r"), type_("echo x\r")], ["echo x"]),
+    Case(
+        "tab_listing",
+        [
+            type_("touch apple1 apple2\r"),
+            type_("ls app\t"),
+            send(b"\t"),
+            type_("2\r"),
+        ],
+        ["touch apple1 apple2", "ls apple2"],
+    ),
+    Case(
+        "wrap_with_editing",
+        [type_(b"echo " + b"x" * 50 + b"MID" + b"y" * 20 + LEFT * 23 + b"\x7f\x7f\x7fZ\r")],
+        ["echo " + "x" * 47 + "ZMID" + "y" * 20],
+        cols=40,
+    ),
+    Case(
+        "zsh_editing",
+        [
+            type_("echo helxx\x7f\x7flo\r"),
+            type_("rm -rf junk\x15echo ok\r"),
+            type_("echo one two\x17three\r"),
+            type_(b"echo wrld" + LEFT * 3 + b"o\r"),
+            type_("cho hi\x01e\x05 there\r"),
+        ],
+        ["echo hello", "echo ok", "echo one three", "echo world", "echo hi there"],
+        shell="zsh",
+    ),
+    Case(
+        "zsh_history_completion",
+        [
+            type_("touch uniquefilename.txt\r"),
+            type_("cat uniq\t"),
+            type_("\r"),
+            send(UP),
+            send(UP),
+            type_(" again\r"),
+        ],
+        ["touch uniquefilename.txt", "cat uniquefilename.txt", "touch uniquefilename.txt again"],
+        shell="zsh",
+    ),
+    Case(
+        "zsh_paste_quote_ctrl_c",
+        [
+            send(PASTE_START + b"echo one\recho two" + PASTE_END),
+            type_("\r"),
+            type_("echo 'x\r"),
+            type_("y'\r"),
+            type_("echo abandoned\x03"),
+            type_("echo kept\r"),
+        ],
+        ["echo one", "echo two", "echo 'x\ny'", "echo kept"],
+        shell="zsh",
+    ),
+    Case(
+        "zsh_password",
+        [type_('read -s "p?Password: "\r'), type_("hunter2zsh\r"), type_("echo done\r")],
+        ['read -s "p?Password: "', "echo done"],
+        secrets=["hunter2zsh"],
+        shell="zsh",
+    ),
+    Case(
         "dash_editing",
         [type_("echo one\r"), type_("echo twx\x7fo\r"), type_("junk\x15echo three\r")],
         ["echo one", "echo two", "echo three"],
@@ -269,6 +347,9 @@ def spawn(case: Case, home: str) -> tuple[int, int]:
         else:
             Path(home, ".inputrc").write_text("set enable-bracketed-paste on\n")
         env["INPUTRC"] = os.path.join(home, ".inputrc")
+    elif case.shell == "zsh":
+        argv = ["zsh", "-f", "-i"]  # -f: no startup files
+        env["PS1"] = case.ps1 or "%n@%m %~ %# "
     else:
         argv = [case.shell, "-i"]
         env["PS1"] = case.ps1 or "$ "
