@@ -19,7 +19,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.durations import parse_duration

@@ -1,0 +1,216 @@
+"""The running gateway: config, store, listener, pool, registry, and the
+clean start and stop around them.
+
+``Gateway.start`` opens the store (closing what a crashed run left live),
+makes host keys, and listens; ``Gateway.stop`` closes every connection with
+``gateway_shutdown``, finishes every cast, and drains the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import asyncssh
+import structlog
+
+from config.loader import load_config
+from config.models import GatewayConfig
+from gateway.live import LiveConnection, SessionRegistry
+from gateway.pool import TargetPool
+from gateway.server import ClientSession, GatewayServer
+from store.base import EventStore
+from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
+
+log = structlog.get_logger("shellgate.daemon")
+
+
+def ensure_host_key(path: Path) -> asyncssh.SSHKey:
+    """The host key at ``path``, generated (ed25519, mode 0600) if missing."""
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="shellgate host key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.export_private_key())
+    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+    log.info("host key generated", path=str(path))
+    return key
+
+
+def key_owners(config: GatewayConfig) -> dict[bytes, str]:
+    """Public key blob -> user name, from ``keys`` and ``authorized_keys_file``."""
+    owners: dict[bytes, str] = {}
+    for u in config.users:
+        lines = list(u.keys)
+        if u.authorized_keys_file is not None:
+            lines += u.authorized_keys_file.read_text().splitlines()
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            # Options before the key type are allowed, as in authorized_keys.
+            parts = line.split()
+            for i in range(len(parts)):
+                try:
+                    key = asyncssh.import_public_key(" ".join(parts[i:]))
+                except (asyncssh.KeyImportError, ValueError):
+                    continue
+                owners[key.public_data] = u.name
+                break
+    return owners
+
+
+class Gateway:
+    """One shellgate daemon."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | None, store: EventStore) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = store
+        self.key_owner = key_owners(config)
+        self.locked: set[str] = set()
+        self.registry = SessionRegistry(store)
+        self.transfers: set[ClientSession] = set()
+        self.pool = TargetPool(
+            connect_timeout=config.gateway.connect_timeout,
+            default_max_channels=config.gateway.max_channels_per_target,
+        )
+        self.unauthenticated = 0
+        self.listener: asyncssh.SSHAcceptor | None = None
+        self.stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.control: object | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.gateway.data_dir
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return int(self.listener.get_port())
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.data_dir / "recordings").mkdir(exist_ok=True, mode=0o700)
+        await self.store.open()
+        for event in await self.store.recover_crashed():
+            log.warning("closed connection left live by an unclean stop",
+                        connection_id=event.connection_id)
+        self.locked = {lock.user for lock in await self.store.locks()}
+        from gateway.recording import repair_casts  # recordings own their files
+        repair_casts(self.data_dir / "recordings")
+        host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
+        g = self.config.gateway
+        self.listener = await asyncssh.create_server(
+            lambda: GatewayServer(self),
+            g.listen_host,
+            g.listen_port,
+            server_host_keys=host_keys,
+            encoding=None,
+            line_editor=False,
+            allow_scp=False,
+            login_timeout=g.login_grace_time or None,
+            encryption_algs=g.ciphers,
+            keepalive_interval=60,
+            keepalive_count_max=3,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=True,
+        )
+        from gateway.control import ControlServer
+        control = ControlServer(self)
+        await control.start()
+        self.control = control
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_idle()))
+        log.info("listening", listen=f"{g.listen_host}:{self.port}",
+                 config=self.config_path or "<embedded default>", data_dir=str(self.data_dir))
+
+    def start_recording(self, live: LiveConnection):  # type: ignore[no-untyped-def]
+        from gateway.recording import SessionRecording
+        return SessionRecording.start(self, live)
+
+    async def _watch_idle(self) -> None:
+        """Close connections with no client input for their idle timeout,
+        warning the client ``idle_warning`` seconds before."""
+        while True:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            for live in self.registry:
+                limit = live.idle_timeout
+                if limit <= 0 or live.closed or live.client is None:
+                    continue
+                idle = now - live.last_input
+                warn_at = max(limit - self.config.gateway.idle_warning, limit * 0.5)
+                if idle >= limit:
+                    live.close(CloseReason.IDLE_TIMEOUT, SYSTEM,
+                               f"no input for {limit:g}s (idle_timeout)")
+                elif idle >= warn_at and not live.idle_warned:
+                    live.idle_warned = True
+                    left = int(limit - idle)
+                    if live.kind is ConnectionKind.SHELL:
+                        live.client.chan.write_stderr(
+                            f"\r\nshellgate: idle for {int(idle)}s; closing in {left}s "
+                            f"unless you type something\r\n".encode())
+
+    def reload(self, actor: str = SYSTEM) -> list[str]:
+        """Re-read the config; close what it no longer allows. Returns problems
+        (empty on success); a bad config leaves the old one in force."""
+        from config.loader import ConfigError
+        try:
+            new = load_config(self.config_path) if self.config_path else self.config
+        except ConfigError as e:
+            self.store.emit(AuditEntry(actor=actor, action="reload_refused",
+                                       detail="; ".join(e.problems)))
+            log.warning("reload refused", problems=e.problems)
+            return e.problems
+        self.config = new
+        self.key_owner = key_owners(new)
+        for live in self.registry:
+            target = new.target(live.target)
+            user = new.user(live.user)
+            if target is None:
+                live.close(CloseReason.TARGET_REMOVED, actor,
+                           f"target {live.target} removed by {actor}")
+                self.pool.drop_target(live.target)
+            elif user is None or not new.allows(user, target, live.login):
+                live.close(CloseReason.USER_LOCKED, actor,
+                           f"access of {live.user} to {live.login}@{live.target} "
+                           f"removed by {actor} (config reload)")
+        self.store.emit(AuditEntry(actor=actor, action="reload",
+                                   detail=f"config {self.config_path or '<embedded>'} reloaded"))
+        log.info("config reloaded", actor=actor)
+        return []
+
+    async def stop(self) -> None:
+        """Clean stop: no new connections, every live one closed and recorded."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        log.info("stopping")
+        if self.listener is not None:
+            self.listener.close()
+        for task in self._tasks:
+            task.cancel()
+        if self.control is not None:
+            await self.control.stop()  # type: ignore[attr-defined]
+        for live in self.registry:
+            live.close(CloseReason.GATEWAY_SHUTDOWN, SYSTEM, "gateway shutting down")
+        for t in list(self.transfers):
+            t.kick("shellgate: gateway shutting down", 1)
+        # Let the close messages reach clients before the transports go.
+        await asyncio.sleep(0.05)
+        await self.pool.close()
+        if self.listener is not None:
+            try:
+                await asyncio.wait_for(self.listener.wait_closed(), 5)
+            except TimeoutError:
+                pass
+        from gateway.recording import close_all_recordings
+        close_all_recordings()
+        await self.store.close()
+        log.info("stopped")

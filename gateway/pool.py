@@ -1,0 +1,140 @@
+"""Pooled SSH connections from the gateway to its targets.
+
+Channels for the same (target, login) share one SSH connection, up to the
+target's channel limit (OpenSSH's MaxSessions defaults to 10), so a second
+session skips the handshake. A pooled connection that dies takes only its own
+channels down; the next request dials afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncssh
+import structlog
+
+from config.models import Target
+
+log = structlog.get_logger("shellgate.pool")
+
+
+class TargetError(Exception):
+    """The target could not be used. ``untrusted`` marks a host key mismatch."""
+
+    def __init__(self, message: str, *, untrusted: bool = False) -> None:
+        super().__init__(message)
+        self.untrusted = untrusted
+
+
+def trust_for(target: Target) -> asyncssh.SSHKnownHosts | tuple[list[asyncssh.SSHKey], list, list]:
+    """What asyncssh should accept as the target's host key: the pinned key or
+    the known_hosts file. Never trust on first use."""
+    if target.host_key:
+        return ([asyncssh.import_public_key(target.host_key)], [], [])
+    assert target.known_hosts is not None  # config guarantees one of the two
+    return asyncssh.read_known_hosts(str(target.known_hosts))
+
+
+@dataclass(eq=False)
+class _Pooled:
+    conn: asyncssh.SSHClientConnection
+    channels: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TargetPool:
+    """Hands out target connections with a free channel slot."""
+
+    def __init__(self, *, connect_timeout: float, default_max_channels: int) -> None:
+        self._connect_timeout = connect_timeout
+        self._default_max = default_max_channels
+        self._pools: dict[tuple[str, str], list[_Pooled]] = {}
+        self._dialing: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def acquire(self, target: Target, login: str) -> tuple[asyncssh.SSHClientConnection, _Pooled]:
+        """A connection with a free channel slot, reserved for the caller.
+        Call ``release`` with the returned slot when the channel closes."""
+        key = (target.name, login)
+        limit = target.max_channels or self._default_max
+        lock = self._dialing.setdefault(key, asyncio.Lock())
+        async with lock:  # one dial at a time per key, so bursts share it
+            for p in self._pools.get(key, []):
+                if not p.closed.is_set() and p.channels < limit:
+                    p.channels += 1
+                    return p.conn, p
+            conn = await self._dial(target, login)
+            p = _Pooled(conn)
+            p.channels = 1
+            self._pools.setdefault(key, []).append(p)
+            asyncio.get_running_loop().create_task(self._watch(key, p))
+            return conn, p
+
+    def release(self, slot: _Pooled) -> None:
+        slot.channels -= 1
+        if slot.channels <= 0 and not slot.closed.is_set():
+            # Keep one idle connection warm per key; close extra idle ones.
+            for key, pooled in self._pools.items():
+                if slot in pooled:
+                    idle = [p for p in pooled if p.channels <= 0 and not p.closed.is_set()]
+                    if len(idle) > 1:
+                        slot.conn.close()
+                    break
+
+    async def _watch(self, key: tuple[str, str], p: _Pooled) -> None:
+        try:
+            await p.conn.wait_closed()
+        finally:
+            p.closed.set()
+            pooled = self._pools.get(key, [])
+            if p in pooled:
+                pooled.remove(p)
+
+    async def _dial(self, target: Target, login: str) -> asyncssh.SSHClientConnection:
+        try:
+            known_hosts = trust_for(target)
+            return await asyncio.wait_for(
+                asyncssh.connect(
+                    target.host,
+                    target.port,
+                    username=login,
+                    client_keys=[str(target.identity)],
+                    known_hosts=known_hosts,
+                    agent_path=None,
+                    config=None,
+                    preferred_auth="publickey",
+                    keepalive_interval=30,
+                    keepalive_count_max=3,
+                ),
+                self._connect_timeout,
+            )
+        except asyncssh.HostKeyNotVerifiable as e:
+            raise TargetError(
+                f"host key of target {target.name} does not match the pinned key ({e.reason})",
+                untrusted=True,
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise TargetError(f"target {target.name} refused the gateway's login as {login}") from None
+        except TimeoutError:
+            raise TargetError(f"target {target.name} did not answer within {self._connect_timeout:g}s") from None
+        except (OSError, asyncssh.Error) as e:
+            reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e) or type(e).__name__
+            raise TargetError(f"cannot reach target {target.name} ({target.host}:{target.port}): {reason}") from None
+
+    def drop_target(self, name: str) -> None:
+        """Close pooled connections to a target (it left the config)."""
+        for (tname, _login), pooled in list(self._pools.items()):
+            if tname == name:
+                for p in pooled:
+                    p.conn.close()
+
+    async def close(self) -> None:
+        conns = [p.conn for pooled in self._pools.values() for p in pooled]
+        for c in conns:
+            c.close()
+        for c in conns:
+            try:
+                await asyncio.wait_for(c.wait_closed(), 5)
+            except (TimeoutError, Exception):  # closing anyway; nothing to tell anyone
+                pass
+        self._pools.clear()
