@@ -54,10 +54,10 @@ after bulk output costs one replay of at most ``TAIL_BYTES``.
 API::
 
     ex = CommandExtractor(cols, rows)
-    ex.output(t, data) -> list[Command | RecordableInput]
-    ex.input(t, data)  -> list[Command | RecordableInput]
+    ex.output(t, data) -> Sequence[Command | RecordableInput]
+    ex.input(t, data)  -> Sequence[Command | RecordableInput]
     ex.resize(cols, rows)
-    ex.finish()        -> list[Command | RecordableInput]   # at close
+    ex.finish()        -> Sequence[Command | RecordableInput]   # at close
     exec_command(text) -> Command                            # exec requests
 
 Commands come out in order; ``Command.time`` is when the (last) Enter of the
@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyte
@@ -183,14 +184,14 @@ class CommandExtractor:
         if self._screen is not None:
             self._screen.resize(rows, cols)
 
-    def output(self, t: float, data: bytes) -> list[ExtractorEvent]:
+    def output(self, t: float, data: bytes) -> Sequence[ExtractorEvent]:
         """Target output at ``t``."""
         if not data:
-            return []
+            return ()
         self._tail.append(data)
-        self._alt.feed(data)
         if self._screen is None:
-            return []  # disengaged: the cheap path, nothing can be pending
+            self._alt.feed(data)
+            return ()  # disengaged: the cheap path, nothing can be pending
         for line in self._lines:
             if line.entered is not None:
                 line.output_after_enter = True
@@ -203,10 +204,10 @@ class CommandExtractor:
                 self._disengage()
         return self._drain()
 
-    def input(self, t: float, data: bytes) -> list[ExtractorEvent]:
+    def input(self, t: float, data: bytes) -> Sequence[ExtractorEvent]:
         """Client input at ``t``."""
         if not data:
-            return []
+            return ()
         data = self._in_carry + data
         self._last_input_t = t
         self._in_carry = b""
@@ -275,7 +276,7 @@ class CommandExtractor:
             self._add_piece(t, data[piece_start:consumed], self._current)
         return self._drain()
 
-    def finish(self) -> list[ExtractorEvent]:
+    def finish(self) -> Sequence[ExtractorEvent]:
         """At close: undecided input is dropped (it may be a secret); lines whose
         echo completed but whose newline never came are read as they stand."""
         if self._screen is not None:
@@ -390,6 +391,9 @@ class CommandExtractor:
             nl = data.find(b"\n", pos)
             seg_end = n if nl < 0 else nl
             seg = data[pos:seg_end]
+            # Mode switches are tracked segment by segment so that a line is
+            # judged by the screen it was on when its newline came.
+            self._alt.feed(seg if nl < 0 else data[pos : nl + 1])
             if seg:
                 if b"\x1b]133;" in seg:
                     self._feed_marked(seg)
@@ -449,7 +453,14 @@ class CommandExtractor:
             return
         s = self._screen
         assert s is not None
-        if PASSWORD_PROMPT.search(s.row_text(s.cursor.y)[: s.cursor.x]):
+        if head.match_start is not None:
+            # Only what is left of the line's own echo can be a prompt: typing
+            # ``grep password: f`` must not look like a password prompt.
+            y = head.match_start[0] - s.scrolled
+            left = s.row_text(y)[: head.match_start[1]] if 0 <= y < s.lines else ""
+        else:
+            left = s.row_text(s.cursor.y)[: s.cursor.x]
+        if PASSWORD_PROMPT.search(left):
             head.echo = _NOECHO
             if head.entered is not None:
                 self._resolve(head)
@@ -598,7 +609,7 @@ class CommandExtractor:
                 continue
             break
 
-    def _drain(self, final: bool = False) -> list[ExtractorEvent]:
+    def _drain(self, final: bool = False) -> Sequence[ExtractorEvent]:
         pieces = self._pieces
         while pieces:
             p = pieces[0]
@@ -610,7 +621,7 @@ class CommandExtractor:
             pieces.popleft()
         out = self._out
         if not out:
-            return out
+            return ()
         self._out = []
         out.sort(key=_order)  # commands and input both in time order
         return out
