@@ -11,16 +11,18 @@ DEC private modes (alternate screen, bracketed paste, cursor keys, mouse;
 ``PrivateModes``). pyte sees the pending bytes only when ``redraw()`` is
 called, or when they exceed ``BOUND``: then only the last ``BOUND`` bytes are
 kept and replayed. Feeding 100 MB therefore costs appends plus a few ``join``s
-of ``2 * BOUND``; a redraw costs at most one replay of ``BOUND`` bytes.
+of ``2 * BOUND``; a redraw costs at most one replay of ``BOUND`` bytes, and on
+the main screen (a shell) only of the last ``rows`` lines: a scrolling shell's
+screen is its last screenful, whatever came before.
 
 Where a replay of a tail starts (``resync_start``): at the last full clear or
 alternate-screen switch inside it if there is one (full-screen programs such
 as vim and top repaint after those, and nothing before them is visible),
-otherwise just after the first line feed, so the replay never starts inside an
-escape sequence and a scrolling shell's last screenful (24 lines of a 256 KiB
-tail) is complete. When a tail without such a boundary is replayed, it is
-drawn over the previous screen state rather than a blank one, so a full-screen
-program that only repaints what changed keeps the cells it did not touch.
+otherwise just after a line feed, so the replay never starts inside an
+escape sequence, and for a shell the last screenful is complete. When a tail
+without such a boundary is replayed, it is drawn over the previous screen
+state rather than a blank one, so a full-screen program that only repaints
+what changed keeps the cells it did not touch.
 
 The alternate screen is emulated here (pyte does not): entering it saves the
 main screen, leaving restores it, so the redraw after ``vim`` exits shows the
@@ -37,8 +39,13 @@ from pyte.graphics import BG_AIXTERM, BG_ANSI, FG_AIXTERM, FG_ANSI
 
 from recorder.terminal import ALT_MODES, OutputTail, PrivateModes, TrackedScreen, resync_start
 
-BOUND = 256 * 1024
-"""Unreplayed output kept; beyond it the oldest bytes are dropped."""
+BOUND = 64 * 1024
+"""Unreplayed output kept; beyond it the oldest bytes are dropped. Bounds the
+replay a redraw inside a full-screen program can cost (~0.1 s of pyte)."""
+
+SHORTCUT_BYTES = 8 * 1024
+"""Pending main-screen output above this is replayed from its last ``rows``
+lines only."""
 
 _FG = {name: code for code, name in {**FG_ANSI, **FG_AIXTERM}.items()}
 _BG = {name: code for code, name in {**BG_ANSI, **BG_AIXTERM}.items()}
@@ -139,6 +146,17 @@ class ScreenModel:
         data = self._pending.get()
         self._pending.clear()
         self._pending_size = 0
+        if len(data) > SHORTCUT_BYTES and not self._modes.alt and not _ALT_SWITCH.search(data):
+            # A scrolling shell: the screen is the last ``rows`` lines, so only
+            # they are replayed, on a blank screen (pyte runs at ~1 MB/s; a
+            # reattach must not wait for a 64 KiB replay). A full clear after
+            # their start is an even later start.
+            start = _last_lines_start(data, self.rows)
+            if start > 0:
+                clear = max(data.rfind(b"\x1b[2J"), data.rfind(b"\x1bc"))
+                self._screen.reset()
+                self._feed_pyte(data[max(start, clear) :])
+                return
         if overflowed:
             # Bytes were dropped: replay from a boundary (a clear or an
             # alternate-screen switch, which repaint from blank by themselves,
@@ -174,6 +192,16 @@ class ScreenModel:
                 s.cursor_position(y + 1, x + 1)
             self._saved_main = None
         self._in_alt = to_alt
+
+
+def _last_lines_start(data: bytes, rows: int) -> int:
+    """Offset just after the ``rows``-th line feed from the end (0 if fewer)."""
+    end = len(data)
+    for _ in range(rows):
+        end = data.rfind(b"\n", 0, end)
+        if end < 0:
+            return 0
+    return end + 1
 
 
 def _sgr(ch: pyte.screens.Char) -> str:
