@@ -274,6 +274,11 @@ CASES = [
         cols=40,
     ),
     Case(
+        "unicode",
+        [type_("echo héllo wörld 日本\r"), type_("echo 日本語x\x7f\x7f!\r")],
+        ["echo héllo wörld 日本", "echo 日本!"],
+    ),
+    Case(
         "zsh_editing",
         [
             type_("echo helxx\x7f\x7flo\r"),
@@ -399,6 +404,8 @@ def capture(case: Case) -> dict[str, object]:
                 while i < len(arg):
                     # An escape sequence is one key: send it in one write.
                     j = i + 1
+                    while arg[i] >= 0xC0 and j < len(arg) and 0x80 <= arg[j] < 0xC0:
+                        j += 1  # a UTF-8 character is one key
                     if arg[i] == 0x1B and arg[i + 1 : i + 2] == b"[":
                         j = i + 2
                         while j < len(arg) and not (0x40 <= arg[j] <= 0x7E):
