@@ -487,11 +487,13 @@ class CommandExtractor:
             self._resolve(head)
             self._advance()
             return
-        if not head.echo_complete:
+        if not head.echo_complete and not (head.clean and head.echo == _ECHO and head.matched):
             if head.needed[head.matched] == 0x0A:
                 head.matched += 1  # a newline inside a pasted buffer
                 return
-            # This newline is someone else's (output of an earlier command,
+            # A clean line that echoed before Enter is read at the first newline
+            # even if some keys never showed (vi-mode commands, say). Otherwise
+            # this newline is someone else's (output of an earlier command,
             # typed ahead): what matched so far was not this line's echo.
             head.matched = 0
             head.match_start = None

@@ -279,6 +279,11 @@ CASES = [
         ["echo héllo wörld 日本", "echo 日本!"],
     ),
     Case(
+        "vi_mode",
+        [type_("set -o vi\r"), type_("echo wrong\x1b"), type_("bcwright\r")],
+        ["set -o vi", "echo right"],
+    ),
+    Case(
         "zsh_editing",
         [
             type_("echo helxx\x7f\x7flo\r"),
