@@ -11,13 +11,13 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 def parse_duration(value: object) -> float:
     """Seconds for a config duration. Raises ValueError with a reason a user can act on."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like 90, \"90s\", \"15m\" or \"1h30m\"")
+        raise ValueError('expected a duration like 90, "90s", "15m" or "1h30m"')
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError("expected a duration like 90, \"90s\", \"15m\" or \"1h30m\"")
+        raise ValueError('expected a duration like 90, "90s", "15m" or "1h30m"')
     text = value.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
@@ -28,9 +28,7 @@ def parse_duration(value: object) -> float:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(text) or not text:
-        raise ValueError(
-            f"not a duration: {value!r} (use seconds or units s m h d, e.g. \"1h30m\")"
-        )
+        raise ValueError(f'not a duration: {value!r} (use seconds or units s m h d, e.g. "1h30m")')
     return total
 
 

@@ -64,37 +64,50 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                         item[key] = fix(item[key])
 
 
+def parse_authorized_key(line: str) -> asyncssh.SSHKey | None:
+    """The public key on an authorized_keys line (options before it allowed), or None."""
+    parts = line.split()
+    # Options may hold quoted spaces, so try each word as the start of the key.
+    for i in range(len(parts) - 1):
+        try:
+            return asyncssh.import_public_key(" ".join(parts[i : i + 2]))
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+    return None
+
+
 def _file_checks(cfg: GatewayConfig) -> list[str]:
     """What pydantic cannot see: files that must be readable, keys that must parse."""
     problems: list[str] = []
     owner_of_key: dict[bytes, str] = {}
     for i, u in enumerate(cfg.users):
-        lines = list(u.keys)
+        sources = [(f"users[{i}].keys[{j}]", line) for j, line in enumerate(u.keys)]
         if u.authorized_keys_file is not None:
             try:
-                lines += u.authorized_keys_file.read_text().splitlines()
+                text = u.authorized_keys_file.read_text()
             except OSError as e:
                 problems.append(
                     f"users[{i}].authorized_keys_file: cannot read {u.authorized_keys_file}: "
                     f"{e.strerror}"
                 )
-        if not lines and u.authorized_keys_file is None:
+            else:
+                sources += [
+                    (f"users[{i}].authorized_keys_file: line {n}", line)
+                    for n, line in enumerate(text.splitlines(), 1)
+                ]
+        if not sources and u.authorized_keys_file is None:
             problems.append(f"users[{i}]: user {u.name!r} has no keys and no authorized_keys_file")
-        for j, line in enumerate(lines):
+        for where, line in sources:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            try:
-                asyncssh.import_authorized_keys(line)
-            except (asyncssh.KeyImportError, ValueError) as e:
-                problems.append(f"users[{i}].keys[{j}]: not a public key: {e}")
+            key = parse_authorized_key(line)
+            if key is None:
+                problems.append(f"{where}: not a public key: {line[:40]!r}")
                 continue
-            blob = line.split()[1] if len(line.split()) > 1 else line
-            other = owner_of_key.setdefault(blob.encode(), u.name)
+            other = owner_of_key.setdefault(key.public_data, u.name)
             if other != u.name:
-                problems.append(
-                    f"users[{i}].keys[{j}]: key of {u.name!r} is already the key of {other!r}"
-                )
+                problems.append(f"{where}: key of {u.name!r} is already the key of {other!r}")
     for i, ca in enumerate(cfg.gateway.user_ca_keys):
         try:
             asyncssh.import_public_key(ca)
@@ -133,7 +146,7 @@ def parse_config(data: dict[str, Any], source: str = EMBEDDED) -> GatewayConfig:
         for err in e.errors():
             msg = str(err["msg"]).removeprefix("Value error, ")
             where = _loc(err["loc"])
-            if where == "(top level)" and "\n" in msg:
+            if where == "(top level)":
                 problems += [f"{source}: {line}" for line in msg.splitlines()]
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{source}: {where}: unknown key")

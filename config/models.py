@@ -118,7 +118,9 @@ class User(_Section):
     @classmethod
     def _plain_name(cls, v: str) -> str:
         if not v or any(c in v for c in "@:/ \t") or not v.isprintable():
-            raise ValueError(f"user name {v!r} must be non-empty, printable, without @ : / or spaces")
+            raise ValueError(
+                f"user name {v!r} must be non-empty, printable, without @ : / or spaces"
+            )
         return v
 
     @property
@@ -142,7 +144,9 @@ class Target(_Section):
     @classmethod
     def _plain_name(cls, v: str) -> str:
         if not v or any(c in v for c in "@:/ \t*?[") or not v.isprintable():
-            raise ValueError(f"target name {v!r} must be non-empty, printable, without @ : / * ? [ or spaces")
+            raise ValueError(
+                f"target name {v!r} must be non-empty, printable, without @ : / * ? [ or spaces"
+            )
         return v
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ def _config_or_exit(path: str | None) -> GatewayConfig:
 
 def _store_for(config: GatewayConfig):  # type: ignore[no-untyped-def]
     from store.sqlite import SqliteStore
+
     return SqliteStore(config.gateway.data_dir / "shellgate.db")
 
 
@@ -51,8 +52,10 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"shellgate: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"shellgate: cannot listen on {config.gateway.listen}: {e.strerror or e}",
-              file=sys.stderr)
+        print(
+            f"shellgate: cannot listen on {config.gateway.listen}: {e.strerror or e}",
+            file=sys.stderr,
+        )
         await gateway.store.close()
         return 1
     loop = asyncio.get_running_loop()
@@ -96,15 +99,17 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 async def _close(args: argparse.Namespace) -> int:
-    reply = await _control(args, {"op": "close", "id": args.id, "reason": args.reason,
-                                  "as": _actor(args)})
+    reply = await _control(
+        args, {"op": "close", "id": args.id, "reason": args.reason, "as": _actor(args)}
+    )
     print(f"closed {reply['id']}")
     return 0
 
 
 async def _lock(args: argparse.Namespace) -> int:
-    reply = await _control(args, {"op": "lock", "user": args.user, "reason": args.reason,
-                                  "as": _actor(args)})
+    reply = await _control(
+        args, {"op": "lock", "user": args.user, "reason": args.reason, "as": _actor(args)}
+    )
     print(f"locked {args.user} ({reply['closed']} connection(s) closed)")
     return 0
 
@@ -126,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", default=os.environ.get("SHELLGATE_CONFIG"),
-                       help="the TOML config (default: embedded default)")
+        p.add_argument(
+            "--config",
+            "-c",
+            default=os.environ.get("SHELLGATE_CONFIG"),
+            help="the TOML config (default: embedded default)",
+        )
         return p
 
     s = with_config(sub.add_parser("serve", help="run the gateway"))
@@ -167,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         import uvloop
+
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # uvloop is a dependency; this only guards odd platforms
         runner = asyncio.Runner()

@@ -51,14 +51,22 @@ class Controller:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def close(self, connection_id: str, reason_text: str, actor: str, *,
-              as_admin: bool, client_addr: str = "") -> LiveConnection:
+    def close(
+        self,
+        connection_id: str,
+        reason_text: str,
+        actor: str,
+        *,
+        as_admin: bool,
+        client_addr: str = "",
+    ) -> LiveConnection:
         live = self.gateway.registry.get(connection_id)
         if live is None:
             raise ControlError(f"no live connection {connection_id} (unknown or already closed)")
         if not as_admin and live.user != actor:
-            self._audit(actor, "close_refused", f"not the owner of {connection_id}",
-                        client_addr, live)
+            self._audit(
+                actor, "close_refused", f"not the owner of {connection_id}", client_addr, live
+            )
             raise ControlError(f"connection {connection_id} is not yours")
         if as_admin and live.user != actor:
             reason, message = CloseReason.ADMIN_CLOSED, reason_text
@@ -90,12 +98,24 @@ class Controller:
         self._audit(actor, "unlock", user)
         return was
 
-    def _audit(self, actor: str, action: str, detail: str, client_addr: str = "",
-               live: LiveConnection | None = None) -> None:
-        self.gateway.store.emit(AuditEntry(
-            actor=actor, action=action, client_addr=client_addr, detail=detail,
-            connection_id=live.id if live else None, target=live.target if live else None,
-        ))
+    def _audit(
+        self,
+        actor: str,
+        action: str,
+        detail: str,
+        client_addr: str = "",
+        live: LiveConnection | None = None,
+    ) -> None:
+        self.gateway.store.emit(
+            AuditEntry(
+                actor=actor,
+                action=action,
+                client_addr=client_addr,
+                detail=detail,
+                connection_id=live.id if live else None,
+                target=live.target if live else None,
+            )
+        )
 
 
 def live_row(live: LiveConnection) -> dict[str, Any]:
@@ -169,8 +189,10 @@ async def run_control_login(session: ClientSession, user: User) -> None:
     gw = session.gateway
     out = session.chan
     if session.server.login != user.name:
-        session.refuse(f"control login {session.server.login!r} does not match your key's user "
-                       f"{user.name!r}", audit_action="refused")
+        session.refuse(
+            f"control login {session.server.login!r} does not match your key's user {user.name!r}",
+            audit_action="refused",
+        )
         return
     try:
         argv = shlex.split(session.command or "help")
@@ -195,8 +217,9 @@ async def run_control_login(session: ClientSession, user: User) -> None:
         out.exit(0)
     elif args.cmd == "close":
         try:
-            live = controller.close(args.id, args.reason, user.name, as_admin=user.is_admin,
-                                    client_addr=addr)
+            live = controller.close(
+                args.id, args.reason, user.name, as_admin=user.is_admin, client_addr=addr
+            )
         except ControlError as e:
             session.refuse(str(e))
             return
@@ -213,16 +236,26 @@ async def _attach(session: ClientSession, user: User, connection_id: str) -> Non
         session.refuse(f"no live connection {connection_id} (unknown or already closed)")
         return
     if live.user != user.name and not user.is_admin:
-        session.refuse(f"connection {connection_id} is not yours", audit_action="attach_refused",
-                       target=live.target)
+        session.refuse(
+            f"connection {connection_id} is not yours",
+            audit_action="attach_refused",
+            target=live.target,
+        )
         return
     if live.kind is not ConnectionKind.SHELL or live.target_chan is None:
         session.refuse(f"connection {connection_id} is not a shell that can be attached")
         return
     if live.state is ConnectionState.CONNECTED and live.client is not None:
-        gw.store.emit(AuditEntry(actor=user.name, action="takeover", client_addr=session.server.client_addr,
-                                 connection_id=live.id, target=live.target,
-                                 detail=f"attached from {session.server.client_addr}"))
+        gw.store.emit(
+            AuditEntry(
+                actor=user.name,
+                action="takeover",
+                client_addr=session.server.client_addr,
+                connection_id=live.id,
+                target=live.target,
+                detail=f"attached from {session.server.client_addr}",
+            )
+        )
     session.live = live
     live.attach(session, redraw=session.pty is not None)
     session.start_reading()
@@ -277,8 +310,13 @@ class ControlServer:
         actor = str(req.get("as") or SYSTEM)
         c = self.controller
         if op == "close":
-            live = c.close(str(req["id"]), str(req.get("reason", "")), actor, as_admin=True,
-                           client_addr="control socket")
+            live = c.close(
+                str(req["id"]),
+                str(req.get("reason", "")),
+                actor,
+                as_admin=True,
+                client_addr="control socket",
+            )
             return {"ok": True, "id": live.id}
         if op == "lock":
             n = await c.lock(str(req["user"]), str(req.get("reason", "")), actor)
@@ -289,8 +327,10 @@ class ControlServer:
         if op == "reload":
             problems = self.gateway.reload(actor)
             if problems:
-                return {"ok": False, "error": "config refused; the old one stays:\n"
-                        + "\n".join(problems)}
+                return {
+                    "ok": False,
+                    "error": "config refused; the old one stays:\n" + "\n".join(problems),
+                }
             return {"ok": True}
         if op == "list":
             return {"ok": True, "connections": [live_row(lv) for lv in self.gateway.registry]}

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 import structlog
 
-from config.loader import load_config
+from config.loader import load_config, parse_authorized_key
 from config.models import GatewayConfig
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
@@ -49,19 +49,33 @@ def key_owners(config: GatewayConfig) -> dict[bytes, str]:
         if u.authorized_keys_file is not None:
             lines += u.authorized_keys_file.read_text().splitlines()
         for line in lines:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            # Options before the key type are allowed, as in authorized_keys.
-            parts = line.split()
-            for i in range(len(parts)):
-                try:
-                    key = asyncssh.import_public_key(" ".join(parts[i:]))
-                except (asyncssh.KeyImportError, ValueError):
-                    continue
+            key = parse_authorized_key(line.strip())
+            if key is not None:
                 owners[key.public_data] = u.name
-                break
     return owners
+
+
+def cert_authorities(
+    config: GatewayConfig,
+) -> tuple[asyncssh.SSHAuthorizedKeys | None, dict[int, str]]:
+    """CA entries for user certificates, one per (CA, user) with
+    ``principals="USER"``, and a map from each entry's principals object to the
+    user, so the entry asyncssh matched tells who logged in."""
+    if not config.gateway.user_ca_keys or not config.users:
+        return None, {}
+    lines = [
+        f'cert-authority,principals="{u.name}" {ca}'
+        for ca in config.gateway.user_ca_keys
+        for u in config.users
+    ]
+    keys = asyncssh.import_authorized_keys("\n".join(lines))
+    owners: dict[int, str] = {}
+    # asyncssh has no public accessor for parsed entries; entries keep file order.
+    entries = keys._ca_entries
+    for line, entry in zip(lines, entries, strict=True):
+        name = line.split('"', 2)[1]
+        owners[id(entry.options["principals"])] = name
+    return keys, owners
 
 
 class Gateway:
@@ -72,6 +86,7 @@ class Gateway:
         self.config_path = config_path
         self.store = store
         self.key_owner = key_owners(config)
+        self.cert_authorities, self.principal_owner = cert_authorities(config)
         self.locked: set[str] = set()
         self.registry = SessionRegistry(store)
         self.transfers: set[ClientSession] = set()
@@ -99,10 +114,12 @@ class Gateway:
         (self.data_dir / "recordings").mkdir(exist_ok=True, mode=0o700)
         await self.store.open()
         for event in await self.store.recover_crashed():
-            log.warning("closed connection left live by an unclean stop",
-                        connection_id=event.connection_id)
+            log.warning(
+                "closed connection left live by an unclean stop", connection_id=event.connection_id
+            )
         self.locked = {lock.user for lock in await self.store.locks()}
         from gateway.recording import repair_casts  # recordings own their files
+
         repair_casts(self.data_dir / "recordings")
         host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
         g = self.config.gateway
@@ -123,15 +140,21 @@ class Gateway:
             allow_pty=True,
         )
         from gateway.control import ControlServer
+
         control = ControlServer(self)
         await control.start()
         self.control = control
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_idle()))
-        log.info("listening", listen=f"{g.listen_host}:{self.port}",
-                 config=self.config_path or "<embedded default>", data_dir=str(self.data_dir))
+        log.info(
+            "listening",
+            listen=f"{g.listen_host}:{self.port}",
+            config=self.config_path or "<embedded default>",
+            data_dir=str(self.data_dir),
+        )
 
     def start_recording(self, live: LiveConnection):  # type: ignore[no-untyped-def]
         from gateway.recording import SessionRecording
+
         return SessionRecording.start(self, live)
 
     async def _watch_idle(self) -> None:
@@ -147,42 +170,56 @@ class Gateway:
                 idle = now - live.last_input
                 warn_at = max(limit - self.config.gateway.idle_warning, limit * 0.5)
                 if idle >= limit:
-                    live.close(CloseReason.IDLE_TIMEOUT, SYSTEM,
-                               f"no input for {limit:g}s (idle_timeout)")
+                    live.close(
+                        CloseReason.IDLE_TIMEOUT, SYSTEM, f"no input for {limit:g}s (idle_timeout)"
+                    )
                 elif idle >= warn_at and not live.idle_warned:
                     live.idle_warned = True
                     left = int(limit - idle)
                     if live.kind is ConnectionKind.SHELL:
                         live.client.chan.write_stderr(
                             f"\r\nshellgate: idle for {int(idle)}s; closing in {left}s "
-                            f"unless you type something\r\n".encode())
+                            f"unless you type something\r\n".encode()
+                        )
 
     def reload(self, actor: str = SYSTEM) -> list[str]:
         """Re-read the config; close what it no longer allows. Returns problems
         (empty on success); a bad config leaves the old one in force."""
         from config.loader import ConfigError
+
         try:
             new = load_config(self.config_path) if self.config_path else self.config
         except ConfigError as e:
-            self.store.emit(AuditEntry(actor=actor, action="reload_refused",
-                                       detail="; ".join(e.problems)))
+            self.store.emit(
+                AuditEntry(actor=actor, action="reload_refused", detail="; ".join(e.problems))
+            )
             log.warning("reload refused", problems=e.problems)
             return e.problems
         self.config = new
         self.key_owner = key_owners(new)
+        self.cert_authorities, self.principal_owner = cert_authorities(new)
         for live in self.registry:
             target = new.target(live.target)
             user = new.user(live.user)
             if target is None:
-                live.close(CloseReason.TARGET_REMOVED, actor,
-                           f"target {live.target} removed by {actor}")
+                live.close(
+                    CloseReason.TARGET_REMOVED, actor, f"target {live.target} removed by {actor}"
+                )
                 self.pool.drop_target(live.target)
             elif user is None or not new.allows(user, target, live.login):
-                live.close(CloseReason.USER_LOCKED, actor,
-                           f"access of {live.user} to {live.login}@{live.target} "
-                           f"removed by {actor} (config reload)")
-        self.store.emit(AuditEntry(actor=actor, action="reload",
-                                   detail=f"config {self.config_path or '<embedded>'} reloaded"))
+                live.close(
+                    CloseReason.USER_LOCKED,
+                    actor,
+                    f"access of {live.user} to {live.login}@{live.target} "
+                    f"removed by {actor} (config reload)",
+                )
+        self.store.emit(
+            AuditEntry(
+                actor=actor,
+                action="reload",
+                detail=f"config {self.config_path or '<embedded>'} reloaded",
+            )
+        )
         log.info("config reloaded", actor=actor)
         return []
 
@@ -211,6 +248,7 @@ class Gateway:
             except TimeoutError:
                 pass
         from gateway.recording import close_all_recordings
+
         close_all_recordings()
         await self.store.close()
         log.info("stopped")

@@ -45,8 +45,12 @@ class Attachment(Protocol):
     """The client side of a live connection (see gateway.server.ClientSession)."""
 
     chan: asyncssh.SSHServerChannel[bytes]
-    user: str
-    has_pty: bool
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def has_pty(self) -> bool: ...
 
     def term_size(self) -> tuple[int, int, int, int]: ...
 
@@ -252,8 +256,9 @@ class LiveConnection:
         else:
             # Channel closed without an exit status (OpenSSH does this when
             # the session ends abnormally); the shell is gone all the same.
-            self.close(CloseReason.CLIENT_EXIT, self.user, "closed without exit status",
-                       tell_client=False)
+            self.close(
+                CloseReason.CLIENT_EXIT, self.user, "closed without exit status", tell_client=False
+            )
 
     # -- attach / detach -------------------------------------------------------
     def attach(self, client: Attachment, *, redraw: bool) -> None:

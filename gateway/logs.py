@@ -23,6 +23,9 @@ def configure_logging(level: str = "info", stream: object = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format='{"level":"%(levelname)s","logger":"%(name)s","event":"%(message)s"}')
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format='{"level":"%(levelname)s","logger":"%(name)s","event":"%(message)s"}',
+    )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)

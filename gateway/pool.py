@@ -52,7 +52,9 @@ class TargetPool:
         self._pools: dict[tuple[str, str], list[_Pooled]] = {}
         self._dialing: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def acquire(self, target: Target, login: str) -> tuple[asyncssh.SSHClientConnection, _Pooled]:
+    async def acquire(
+        self, target: Target, login: str
+    ) -> tuple[asyncssh.SSHClientConnection, _Pooled]:
         """A connection with a free channel slot, reserved for the caller.
         Call ``release`` with the returned slot when the channel closes."""
         key = (target.name, login)
@@ -74,7 +76,7 @@ class TargetPool:
         slot.channels -= 1
         if slot.channels <= 0 and not slot.closed.is_set():
             # Keep one idle connection warm per key; close extra idle ones.
-            for key, pooled in self._pools.items():
+            for pooled in self._pools.values():
                 if slot in pooled:
                     idle = [p for p in pooled if p.channels <= 0 and not p.closed.is_set()]
                     if len(idle) > 1:
@@ -114,12 +116,23 @@ class TargetPool:
                 untrusted=True,
             ) from None
         except asyncssh.PermissionDenied:
-            raise TargetError(f"target {target.name} refused the gateway's login as {login}") from None
+            raise TargetError(
+                f"target {target.name} refused the gateway's login as {login}"
+            ) from None
         except TimeoutError:
-            raise TargetError(f"target {target.name} did not answer within {self._connect_timeout:g}s") from None
+            raise TargetError(
+                f"target {target.name} did not answer within {self._connect_timeout:g}s"
+            ) from None
         except (OSError, asyncssh.Error) as e:
-            reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e) or type(e).__name__
-            raise TargetError(f"cannot reach target {target.name} ({target.host}:{target.port}): {reason}") from None
+            reason = (
+                getattr(e, "strerror", None)
+                or getattr(e, "reason", None)
+                or str(e)
+                or type(e).__name__
+            )
+            raise TargetError(
+                f"cannot reach target {target.name} ({target.host}:{target.port}): {reason}"
+            ) from None
 
     def drop_target(self, name: str) -> None:
         """Close pooled connections to a target (it left the config)."""

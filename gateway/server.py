@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -70,13 +71,10 @@ class GatewayServer(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         self.login = username
         # OpenSSH certificates: the principal is the user name. asyncssh checks
-        # principals against the login ("root@web1") unless the CA entry names
-        # them, so give it per-connection CA entries that do.
-        ca_keys = self.gateway.config.gateway.user_ca_keys
-        if ca_keys and self.conn is not None:
-            names = ",".join(u.name for u in self.gateway.config.users)
-            lines = "\n".join(f'cert-authority,principals="{names}" {k}' for k in ca_keys)
-            self.conn.set_authorized_keys(asyncssh.import_authorized_keys(lines))
+        # principals against the login ("root@web1") unless a CA entry names
+        # them, so the gateway keeps one CA entry per user (see Gateway).
+        if self.gateway.cert_authorities is not None and self.conn is not None:
+            self.conn.set_authorized_keys(self.gateway.cert_authorities)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -99,8 +97,9 @@ class GatewayServer(asyncssh.SSHServer):
                     detail=f"unknown key {fingerprint(key)} for login {username!r}",
                 )
             )
-            log.info("auth refused", client_addr=self.client_addr, login=username,
-                     key=fingerprint(key))
+            log.info(
+                "auth refused", client_addr=self.client_addr, login=username, key=fingerprint(key)
+            )
             return False
         self.user = self.gateway.config.user(name)
         return True
@@ -108,12 +107,11 @@ class GatewayServer(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self._uncount()
         if self.user is None and self.conn is not None:
-            principals = self.conn.get_key_option("principals")
-            cert_names = [p for p in (principals or []) if self.gateway.config.user(p)]
-            # The certificate was validated against the whole user list; the
-            # first configured principal it carries is who this is.
-            if cert_names:
-                self.user = self.gateway.config.user(cert_names[0])
+            # The matched CA entry's principals object says which user it was.
+            matched = self.conn.get_key_option("principals")
+            name = self.gateway.principal_owner.get(id(matched))
+            if name is not None:
+                self.user = self.gateway.config.user(name)
 
     def session_requested(self) -> ClientSession:
         return ClientSession(self)
@@ -152,8 +150,11 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
     def kick(self, line: str, status: int) -> None:
         self.finished = True
         # On a pty the client's terminal is raw and its cursor may be mid-line.
-        text = f"\r\n{line}\r\n" if self.pty is not None and self.live is not None else (
-            f"{line}\r\n" if self.pty is not None else f"{line}\n")
+        text = (
+            f"\r\n{line}\r\n"
+            if self.pty is not None and self.live is not None
+            else (f"{line}\r\n" if self.pty is not None else f"{line}\n")
+        )
         try:
             self.chan.write_stderr(text.encode())
             self.chan.exit(status)
@@ -164,11 +165,13 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
-                      term_modes: dict[int, int]) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
+    ) -> bool:
         cols, rows, pw, ph = term_size
-        self.pty = PtyRequest(term_type or "xterm", cols or 80, rows or 24, pw, ph,
-                              dict(term_modes))
+        self.pty = PtyRequest(
+            term_type or "xterm", cols or 80, rows or 24, pw, ph, dict(term_modes)
+        )
         return True
 
     def shell_requested(self) -> bool:
@@ -215,8 +218,7 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             self.transfer.chan.write_eof()
         return True
 
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int,
-                              pixheight: int) -> None:
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self.pty is not None:
             self.pty.cols, self.pty.rows = width, height
         if self.live is not None and self.live.client is self:
@@ -251,24 +253,36 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             self.transfer.chan.close()
 
     # routing -------------------------------------------------------------------
-    def refuse(self, line: str, *, audit_action: str | None = None,
-               target: str | None = None) -> None:
+    def refuse(
+        self, line: str, *, audit_action: str | None = None, target: str | None = None
+    ) -> None:
         user = self.user
-        log.info("refused", user=user, client_addr=self.server.client_addr,
-                 login=self.server.login, reason=line)
+        log.info(
+            "refused",
+            user=user,
+            client_addr=self.server.client_addr,
+            login=self.server.login,
+            reason=line,
+        )
         if audit_action:
-            self.gateway.store.emit(AuditEntry(
-                actor=user, action=audit_action, client_addr=self.server.client_addr,
-                detail=line, target=target,
-            ))
+            self.gateway.store.emit(
+                AuditEntry(
+                    actor=user,
+                    action=audit_action,
+                    client_addr=self.server.client_addr,
+                    detail=line,
+                    target=target,
+                )
+            )
         self.kick(f"shellgate: {line}", 1)
 
     async def _start(self) -> None:
         try:
             await self._route()
         except Exception:  # a bug must not leave the client hanging or leak a traceback
-            log.exception("session setup failed", user=self.user,
-                          client_addr=self.server.client_addr)
+            log.exception(
+                "session setup failed", user=self.user, client_addr=self.server.client_addr
+            )
             if not self.finished:
                 self.kick("shellgate: internal error (see the gateway log)", 1)
 
@@ -283,18 +297,25 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
         login = self.server.login
         if "@" not in login:
             from gateway.control import run_control_login  # control needs the registry
+
             await run_control_login(self, user)
             return
         target_user, _, target_name = login.rpartition("@")
         target = self.gateway.config.target(target_name)
         if target is None:
-            self.refuse(f"no such target: {target_name}", audit_action="refused_unknown_target",
-                        target=target_name)
+            self.refuse(
+                f"no such target: {target_name}",
+                audit_action="refused_unknown_target",
+                target=target_name,
+            )
             return
         if not target_user or not self.gateway.config.allows(user, target, target_user):
-            self.refuse(f"access denied: {user.name} may not log in to {target_name} as "
-                        f"{target_user or '(empty)'}", audit_action="refused_by_policy",
-                        target=target_name)
+            self.refuse(
+                f"access denied: {user.name} may not log in to {target_name} as "
+                f"{target_user or '(empty)'}",
+                audit_action="refused_by_policy",
+                target=target_name,
+            )
             return
         if self.subsystem is not None or _is_scp(self.command):
             await self._relay_transfer(user, target, target_user)
@@ -331,17 +352,25 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             command=self.command,
             pty=self.pty,
             env=self._forwarded_env(),
-            detach_timeout=(target.detach_timeout if target.detach_timeout is not None
-                            else gw.config.gateway.detach_timeout),
-            idle_timeout=(target.idle_timeout if target.idle_timeout is not None
-                          else gw.config.gateway.idle_timeout),
+            detach_timeout=(
+                target.detach_timeout
+                if target.detach_timeout is not None
+                else gw.config.gateway.detach_timeout
+            ),
+            idle_timeout=(
+                target.idle_timeout
+                if target.idle_timeout is not None
+                else gw.config.gateway.idle_timeout
+            ),
         )
         self.live = live
         gw.registry.add(live)
         live.recording = gw.start_recording(live)
         live.emit_open(live.recording.cast_path if live.recording else None)
         if self.finished:  # the client left while we were setting up
-            live.close(CloseReason.USER_CLOSED, user.name, "client went away before the target answered")
+            live.close(
+                CloseReason.USER_CLOSED, user.name, "client went away before the target answered"
+            )
             return
         try:
             conn, slot = await gw.pool.acquire(target, login)
@@ -349,7 +378,7 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             chan, session = await conn.create_session(
                 lambda: TargetSession(live),
                 self.command,
-                env=live.env,
+                env=dict(live.env),  # type: ignore[arg-type]  # str keys are accepted
                 request_pty=pty is not None,
                 term_type=pty.term_type if pty else None,
                 term_size=(pty.cols, pty.rows, pty.pixwidth, pty.pixheight) if pty else None,
@@ -362,8 +391,12 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             self.kick(f"shellgate: {e}", 1)
             return
         except (OSError, asyncssh.Error) as e:
-            live.close(CloseReason.TARGET_UNREACHABLE, SYSTEM,
-                       f"target {target.name} refused the session: {e}", tell_client=False)
+            live.close(
+                CloseReason.TARGET_UNREACHABLE,
+                SYSTEM,
+                f"target {target.name} refused the session: {e}",
+                tell_client=False,
+            )
             self.kick(f"shellgate: target {target.name} refused the session: {e}", 1)
             if "slot" in locals():
                 gw.pool.release(slot)
@@ -371,7 +404,9 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
         live.target_started(chan, lambda: gw.pool.release(slot))
         if self.finished or live.closed:
             if not live.closed:
-                live.close(CloseReason.USER_CLOSED, user.name, "client went away before the shell started")
+                live.close(
+                    CloseReason.USER_CLOSED, user.name, "client went away before the shell started"
+                )
             return
         live.attach(self, redraw=False)
         self.start_reading()
@@ -380,14 +415,21 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
         """sftp and scp: relayed byte for byte, not recorded; an audit entry instead."""
         gw = self.gateway
         what = f"subsystem {self.subsystem}" if self.subsystem else f"scp: {self.command}"
-        gw.store.emit(AuditEntry(actor=user.name, action="transfer_opened",
-                                 client_addr=self.server.client_addr, target=target.name,
-                                 detail=f"{what} as {login}@{target.name}"))
+        gw.store.emit(
+            AuditEntry(
+                actor=user.name,
+                action="transfer_opened",
+                client_addr=self.server.client_addr,
+                target=target.name,
+                detail=f"{what} as {login}@{target.name}",
+            )
+        )
         try:
             conn, slot = await gw.pool.acquire(target, login)
             session = TargetSession(None, transfer_client=self)
-            await conn.create_session(lambda: session, self.command,
-                                      subsystem=self.subsystem, encoding=None)
+            await conn.create_session(
+                lambda: session, self.command, subsystem=self.subsystem, encoding=None
+            )
             self.transfer = session
         except (TargetError, OSError, asyncssh.Error) as e:
             self.kick(f"shellgate: {e}", 1)
@@ -410,7 +452,9 @@ def _is_scp(command: str | None) -> bool:
 class TargetSession(asyncssh.SSHClientSession[bytes]):
     """The target side of a channel: bytes and lifecycle back to the live connection."""
 
-    def __init__(self, live: LiveConnection | None, transfer_client: ClientSession | None = None) -> None:
+    def __init__(
+        self, live: LiveConnection | None, transfer_client: ClientSession | None = None
+    ) -> None:
         self.live = live
         self.transfer_client = transfer_client
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None

@@ -338,11 +338,6 @@ def test_duplicate_key_via_authorized_keys_file(keys, write_config: Write, tmp_p
     assert len(problems) == 1 and "key of 'bob' is already the key of 'alice'" in problems[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config bug: a bad line in authorized_keys_file is reported as users[i].keys[j] "
-    "(j counts on from the inline keys) instead of naming authorized_keys_file and its line",
-)
 def test_bad_line_in_authorized_keys_file_names_the_file(
     write_config: Write, tmp_path: Path
 ) -> None:
@@ -352,12 +347,6 @@ def test_bad_line_in_authorized_keys_file_names_the_file(
     assert only_problem(path).startswith(f"{path}: users[0].authorized_keys_file")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config bug: duplicate-key check takes line.split()[1] as the key, which is the "
-    "key type when the line has options (restrict, from=...), so two different keys with "
-    "options are reported as the same key",
-)
 def test_keys_with_options_are_not_confused(keys, write_config: Write) -> None:
     text = good_toml(keys).replace(f'"{keys.alice}"', f'"restrict {keys.alice}"')
     text = text.replace(f'"{keys.bob}"', f'"restrict {keys.bob}"')
@@ -397,12 +386,6 @@ CROSS = [
 
 
 @pytest.mark.parametrize(("old", "new", "problem"), CROSS, ids=[c[2] for c in CROSS])
-@pytest.mark.xfail(
-    strict=True,
-    reason="config bug: a single cross-check problem is printed as "
-    "'FILE: (top level): KEY: PROBLEM' (only several problems are split into "
-    "'FILE: KEY: PROBLEM' lines), see loader.parse_config",
-)
 def test_single_cross_check_problem(
     keys,
     write_config: Write,
@@ -413,20 +396,6 @@ def test_single_cross_check_problem(
     new = new.format(hk=keys.host_key, ident=keys.identity)
     path = write_config(good_toml(keys).replace(old, new, 1))
     assert only_problem(path) == f"{path}: {problem}"
-
-
-@pytest.mark.parametrize(("old", "new", "problem"), CROSS, ids=[c[2] for c in CROSS])
-def test_single_cross_check_problem_is_reported(
-    keys,
-    write_config: Write,
-    old: str,
-    new: str,
-    problem: str,
-) -> None:
-    """What the loader does today: the problem is there, behind '(top level): '."""
-    new = new.format(hk=keys.host_key, ident=keys.identity)
-    path = write_config(good_toml(keys).replace(old, new, 1))
-    assert only_problem(path).endswith(f": {problem}")
 
 
 def test_policy_needs_users_or_roles(keys, write_config: Write) -> None:

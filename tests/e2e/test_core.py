@@ -29,8 +29,9 @@ async def test_exec_exit_status_and_streams_kept_apart(gateway: GatewayProcess) 
     assert r.stderr == b"err\n"
 
 
-async def test_exec_exit_signal_matches_direct(gateway: GatewayProcess,
-                                               target_sshd: TargetSshd) -> None:
+async def test_exec_exit_signal_matches_direct(
+    gateway: GatewayProcess, target_sshd: TargetSshd
+) -> None:
     direct = await target_sshd.client(strict=False).ssh("kill -TERM $$")
     via = await gateway.to("web1").ssh("kill -TERM $$")
     assert direct.returncode == via.returncode != 0
@@ -109,8 +110,9 @@ async def test_second_session_reuses_the_pooled_target_connection(
 
 
 @pytest.fixture
-def refusing_gateway(make_gateway: Callable[..., GatewayProcess], target_sshd: TargetSshd,
-                     tmp_path: Path) -> GatewayProcess:
+def refusing_gateway(
+    make_gateway: Callable[..., GatewayProcess], target_sshd: TargetSshd, tmp_path: Path
+) -> GatewayProcess:
     """web1 (alice: root; bob: nothing), dead (nothing listens), liar (wrong pinned key)."""
     other = generate_key(tmp_path / "other", "other")
     dead_port = free_port()
@@ -122,8 +124,10 @@ def refusing_gateway(make_gateway: Callable[..., GatewayProcess], target_sshd: T
         f'[[targets]]\nname = "liar"\nhost = "127.0.0.1"\nport = {target_sshd.port}\n'
         f'host_key = "{liar_key}"\nidentity = "{target_sshd.identity}"\nlogins = ["root"]\n'
     )
-    policies = ('[[policies]]\nusers = ["alice"]\ntargets = ["*"]\nlogins = ["root"]\n'
-                '[[policies]]\nusers = ["bob"]\ntargets = ["web1"]\nlogins = ["nobody"]\n')
+    policies = (
+        '[[policies]]\nusers = ["alice"]\ntargets = ["*"]\nlogins = ["root"]\n'
+        '[[policies]]\nusers = ["bob"]\ntargets = ["web1"]\nlogins = ["nobody"]\n'
+    )
     return make_gateway({"web1": target_sshd}, extra_toml=extra, policies_toml=policies)
 
 
@@ -132,20 +136,27 @@ def refusing_gateway(make_gateway: Callable[..., GatewayProcess], target_sshd: T
     [
         ("alice", "root@web9", "shellgate: no such target: web9"),
         ("bob", "root@web1", "shellgate: access denied: bob may not log in to web1 as root"),
-        ("alice", "postgres@web1", "shellgate: access denied: alice may not log in to web1 as postgres"),
+        (
+            "alice",
+            "postgres@web1",
+            "shellgate: access denied: alice may not log in to web1 as postgres",
+        ),
     ],
 )
-async def test_refusals_are_one_plain_line(refusing_gateway: GatewayProcess, user: str,
-                                           login: str, line: str) -> None:
+async def test_refusals_are_one_plain_line(
+    refusing_gateway: GatewayProcess, user: str, login: str, line: str
+) -> None:
     for tty in (False, True):
-        r = await refusing_gateway.client(user, login).ssh("true" if not tty else None, tty=tty,
-                                                           timeout=20)
+        r = await refusing_gateway.client(user, login).ssh(
+            "true" if not tty else None, tty=tty, timeout=20
+        )
         assert r.returncode == 1
         assert r.stderr.decode().replace("\r\n", "\n") == line + "\n"
         assert b"\x1b" not in r.stderr
     audit = refusing_gateway.cli_json("audit")
-    assert any(a["actor"] == user and line.removeprefix("shellgate: ") in str(a["detail"])
-               for a in audit)
+    assert any(
+        a["actor"] == user and line.removeprefix("shellgate: ") in str(a["detail"]) for a in audit
+    )
 
 
 async def test_unreachable_target(refusing_gateway: GatewayProcess) -> None:
@@ -155,7 +166,8 @@ async def test_unreachable_target(refusing_gateway: GatewayProcess) -> None:
     assert text.startswith("shellgate: cannot reach target dead") and text.count("\n") == 1
     conns = refusing_gateway.cli_json("connections", "--target", "dead")
     assert [(c["state"], c["reason"], c["closed_by"]) for c in conns] == [
-        ("closed", "target_unreachable", "system")]
+        ("closed", "target_unreachable", "system")
+    ]
 
 
 async def test_host_key_mismatch_is_refused(refusing_gateway: GatewayProcess) -> None:
@@ -168,22 +180,30 @@ async def test_host_key_mismatch_is_refused(refusing_gateway: GatewayProcess) ->
     assert [(c["state"], c["reason"]) for c in conns] == [("closed", "target_untrusted")]
 
 
-async def test_wrong_key_is_refused_at_authentication(refusing_gateway: GatewayProcess,
-                                                      tmp_path: Path) -> None:
+async def test_wrong_key_is_refused_at_authentication(
+    refusing_gateway: GatewayProcess, tmp_path: Path
+) -> None:
     stranger = generate_key(tmp_path / "stranger", "mallory")
     r = await refusing_gateway.to("web1").with_key(stranger.private).ssh("true")
     assert r.returncode == 255
     assert b"Permission denied" in r.stderr
     audit = refusing_gateway.cli_json("audit")
-    assert any(a["action"] == "auth_failed" and stranger.fingerprint() in str(a["detail"])
-               for a in audit)
+    assert any(
+        a["action"] == "auth_failed" and stranger.fingerprint() in str(a["detail"]) for a in audit
+    )
 
 
 # -- interactive --------------------------------------------------------------------
 
 
-def _ssh_in_tmux(tmux: Callable[..., TmuxTerminal], gw: GatewayProcess, login: str = "root@web1",
-                 user: str = "alice", cols: int = 100, rows: int = 30) -> TmuxTerminal:
+def _ssh_in_tmux(
+    tmux: Callable[..., TmuxTerminal],
+    gw: GatewayProcess,
+    login: str = "root@web1",
+    user: str = "alice",
+    cols: int = 100,
+    rows: int = 30,
+) -> TmuxTerminal:
     return tmux(gw.client(user, login).ssh_args(tty=True), cols=cols, rows=rows)
 
 
@@ -205,8 +225,9 @@ def test_interactive_shell(gateway: GatewayProcess, tmux: Callable[..., TmuxTerm
     assert term.wait_exit(15) == 7
 
 
-def test_sigterm_closes_everything_cleanly(gateway: GatewayProcess,
-                                           tmux: Callable[..., TmuxTerminal]) -> None:
+def test_sigterm_closes_everything_cleanly(
+    gateway: GatewayProcess, tmux: Callable[..., TmuxTerminal]
+) -> None:
     term = _ssh_in_tmux(tmux, gateway)
     term.wait_for("root@target", timeout=15)
     assert gateway.popen is not None

@@ -47,9 +47,13 @@ class GatewayProcess:
     tracked: procs.Tracked | None = None
 
     @classmethod
-    def create(cls, directory: Path, targets: dict[str, TargetSshd],
-               users: Sequence[tuple[str, Sequence[str]]] = (("alice", ("admin",)), ("bob", ())),
-               **kw: str) -> GatewayProcess:
+    def create(
+        cls,
+        directory: Path,
+        targets: dict[str, TargetSshd],
+        users: Sequence[tuple[str, Sequence[str]]] = (("alice", ("admin",)), ("bob", ())),
+        **kw: str,
+    ) -> GatewayProcess:
         directory.mkdir(parents=True, exist_ok=True)
         gw = cls(directory=directory, targets=targets, **kw)  # type: ignore[arg-type]
         for name, roles in users:
@@ -81,8 +85,12 @@ class GatewayProcess:
         ]
         for u in self.users:
             roles = ", ".join(f'"{r}"' for r in u.roles)
-            parts += ["[[users]]", f'name = "{u.name}"', f'keys = ["{u.key.public_line}"]',
-                      f"roles = [{roles}]"]
+            parts += [
+                "[[users]]",
+                f'name = "{u.name}"',
+                f'keys = ["{u.key.public_line}"]',
+                f"roles = [{roles}]",
+            ]
         for name, sshd in self.targets.items():
             parts.append(sshd.target_toml(name))
         if self.policies_toml is None:
@@ -100,7 +108,9 @@ class GatewayProcess:
         log = open(self.directory / "gateway.log", "ab")  # noqa: SIM115 (outlives this call)
         self.popen = subprocess.Popen(
             [*SHELLGATE, "serve", "--config", str(self.config_path), "--ready-file", str(ready)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
             env={**os.environ, "HOME": str(self.directory)},
         )
         log.close()
@@ -175,8 +185,9 @@ class GatewayProcess:
         assert result.returncode == 0, result
         return [json.loads(line) for line in result.stdout.decode().splitlines() if line]
 
-    def wait_events(self, connection_id: str | None = None, *, types: Sequence[str],
-                    timeout: float = 10.0) -> list[dict[str, object]]:
+    def wait_events(
+        self, connection_id: str | None = None, *, types: Sequence[str], timeout: float = 10.0
+    ) -> list[dict[str, object]]:
         """Poll ``shellgate events --json`` until the event types include ``types`` in order."""
         deadline = time.monotonic() + timeout
         events: list[dict[str, object]] = []
