@@ -219,26 +219,28 @@ async def _collect(it: AsyncIterator[AnyEvent], n: int) -> list[AnyEvent]:
 async def test_follow_from_another_connection(filled: SqliteStore, db_path: Path) -> None:
     # the CLI's situation: its own read-only connection on the daemon's file
     async with SqliteStore(db_path, readonly=True, poll_interval=0.02) as ro:
-        new = [
+        new: list[AnyEvent] = [
             ConnectedEvent(connection_id="c3", time=at(400), **who("alice", "web2")),
             ClosedEvent(connection_id="c2", time=at(401), reason=CloseReason.TARGET_LOST,
                         closed_by="system", **who("bob", "web2")),
             ClosedEvent(connection_id="c3", time=at(402), reason=CloseReason.USER_CLOSED,
                         closed_by="alice", **who("alice", "web2")),
         ]
-        task = asyncio.ensure_future(_collect(ro.follow_events(QueryFilter(limit=2)), 5))
-        await asyncio.sleep(0.1)
+        it = ro.follow_events(QueryFilter(limit=2))
+        # the backlog (the newest two) comes first; after it the follow is live
+        backlog = [await anext(it), await anext(it)]
+        assert backlog == EVENTS[-2:]
         for e in new:
             filled.emit(e)
             await filled.flush()
-        got = await asyncio.wait_for(task, 5)
-        assert got == [*EVENTS[-2:], *new]
+        assert await asyncio.wait_for(_collect(it, 3), 5) == new
+        await it.aclose()  # type: ignore[attr-defined]
 
         # limit=0: only what comes next; filters apply to new events too
         task = asyncio.ensure_future(
             _collect(ro.follow_events(QueryFilter(user="bob", limit=0)), 1)
         )
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # let it take its starting point
         alice = OpenEvent(connection_id="c9", time=at(500), **who())
         bob = OpenEvent(connection_id="c8", time=at(501), **who("bob"))
         filled.emit(alice)

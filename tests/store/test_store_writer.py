@@ -13,6 +13,7 @@ from store_helpers import at, who
 
 from store import QueryFilter, SqliteStore, StoreError
 from store.events import (
+    AnyEvent,
     AuditEntry,
     ClosedEvent,
     CloseReason,
@@ -26,7 +27,7 @@ from store.events import (
 async def test_ten_thousand_events_in_ten_thousand_rows_out_in_order(db_path: Path) -> None:
     s = SqliteStore(db_path, batch_size=1000)
     await s.open()
-    sent = []
+    sent: list[AnyEvent] = []
     for i in range(2500):
         cid = f"conn-{i:05d}"
         sent += [
