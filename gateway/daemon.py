@@ -17,9 +17,10 @@ import asyncssh
 import structlog
 
 from config.loader import load_config, parse_authorized_key
-from config.models import GatewayConfig
+from config.models import GatewayConfig, OnFailure
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
+from gateway.recording import RecordingError, Recordings, SessionRecording, repair_cast
 from gateway.server import ClientSession, GatewayServer
 from store.base import EventStore
 from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
@@ -94,6 +95,7 @@ class Gateway:
             connect_timeout=config.gateway.connect_timeout,
             default_max_channels=config.gateway.max_channels_per_target,
         )
+        self.recordings = Recordings(self)
         self.unauthenticated = 0
         self.listener: asyncssh.SSHAcceptor | None = None
         self.stopped = asyncio.Event()
@@ -117,10 +119,10 @@ class Gateway:
             log.warning(
                 "closed connection left live by an unclean stop", connection_id=event.connection_id
             )
+            cast = self.data_dir / "recordings" / f"{event.connection_id}.cast"
+            if cast.exists():
+                repair_cast(cast, "closed: gateway_crashed")
         self.locked = {lock.user for lock in await self.store.locks()}
-        from gateway.recording import repair_casts  # recordings own their files
-
-        repair_casts(self.data_dir / "recordings")
         host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
         g = self.config.gateway
         self.listener = await asyncssh.create_server(
@@ -152,10 +154,26 @@ class Gateway:
             data_dir=str(self.data_dir),
         )
 
-    def start_recording(self, live: LiveConnection):  # type: ignore[no-untyped-def]
-        from gateway.recording import SessionRecording
-
-        return SessionRecording.start(self, live)
+    def start_recording(self, live: LiveConnection) -> SessionRecording | None:
+        """The connection's recording; raises RecordingError when it cannot be
+        created and ``on_failure`` is ``close``."""
+        try:
+            return self.recordings.start(live)
+        except OSError as e:
+            why = f"recording for {live.id} could not be created: {e.strerror or e}"
+            self.store.emit(
+                AuditEntry(
+                    actor=SYSTEM,
+                    action="recording_failed",
+                    detail=why,
+                    connection_id=live.id,
+                    target=live.target,
+                )
+            )
+            if self.config.recording.on_failure is OnFailure.CLOSE:
+                raise RecordingError(why) from None
+            log.error("recording failed; connection continues unrecorded", error=why)
+            return None
 
     async def _watch_idle(self) -> None:
         """Close connections with no client input for their idle timeout,
@@ -247,8 +265,6 @@ class Gateway:
                 await asyncio.wait_for(self.listener.wait_closed(), 5)
             except TimeoutError:
                 pass
-        from gateway.recording import close_all_recordings
-
-        close_all_recordings()
+        await self.recordings.close()
         await self.store.close()
         log.info("stopped")

@@ -121,14 +121,17 @@ async def _run(root: Path) -> int:
         config_path = _write_config(root, login, target_port, host_key)
         config = load_config(config_path)
         configure_logging("warning")
-        gateway = Gateway(config, str(config_path), SqliteStore(config.gateway.data_dir / "shellgate.db"))
+        gateway = Gateway(
+            config, str(config_path), SqliteStore(config.gateway.data_dir / "shellgate.db")
+        )
         await gateway.start()
         gw_key = asyncssh.read_private_key(config.gateway.host_keys[0])
         known = root / "known_hosts"
         known.write_text(f"[127.0.0.1]:{gateway.port} {gw_key.export_public_key().decode()}")
         key = root / "user_ed25519"
         base = f"ssh -i {key} -o UserKnownHostsFile={known} -p {gateway.port}"
-        print(f"""
+        print(
+            f"""
 shellgate demo is running (gateway 127.0.0.1:{gateway.port} -> target sshd 127.0.0.1:{target_port}).
 
   Open a recorded shell:      {base} {login}@demo@127.0.0.1
@@ -138,7 +141,9 @@ shellgate demo is running (gateway 127.0.0.1:{gateway.port} -> target sshd 127.0
                               .venv/bin/shellgate connections --config {config_path}
 
 Ctrl-C stops the gateway and the demo target.
-""", flush=True)
+""",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -160,6 +165,7 @@ def main() -> int:
     root.mkdir(exist_ok=True, mode=0o700)
     try:
         import uvloop
+
         return uvloop.run(_run(root))
     except KeyboardInterrupt:
         return 130

@@ -1,33 +1,290 @@
-"""Recordings on disk: one cast per connection, fed from the relay.
+"""Recordings on disk: one asciicast per connection, fed from the relay.
 
-PLACEHOLDER until the recorder package lands (see docs/architecture.md).
+``SessionRecording`` ties one live connection to the sans-I/O recorder parts
+(``CastWriter``, ``CommandExtractor``, ``ScreenModel``) and to its file
+``recordings/<connection id>.cast`` (mode 0600). ``Recordings`` owns the set of
+open recordings and the one task that flushes them every ``flush_interval``,
+so the relay's per-chunk work is a few list appends and never a write().
+
+A recording that cannot be written (disk full, permissions) closes its
+connection with ``error`` unless ``[recording] on_failure = "continue"``:
+unrecorded traffic never passes silently.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import time
+from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+import structlog
+
+from config.models import InputRecording, OnFailure
+from recorder.cast import CastWriter
+from recorder.commands import Command, CommandExtractor, ExtractorEvent, exec_command
+from recorder.screen import ScreenModel
+from store.events import SYSTEM, AuditEntry, CloseReason, CommandRecord, ConnectionKind
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+    from gateway.live import LiveConnection
+
+log = structlog.get_logger("shellgate.recording")
+
+
+class RecordingError(Exception):
+    """A recording could not be started and ``on_failure`` says close."""
 
 
 class SessionRecording:
-    cast_path: str | None = None
+    """One connection's cast file, command extractor and screen model."""
 
-    @classmethod
-    def start(cls, gateway: Any, live: Any) -> SessionRecording | None:
-        return None
+    def __init__(
+        self,
+        owner: Recordings,
+        live: LiveConnection,
+        path: Path,
+        fd: int,
+        writer: CastWriter,
+        extractor: CommandExtractor | None,
+        screen: ScreenModel | None,
+        input_mode: InputRecording,
+    ) -> None:
+        self.owner = owner
+        self.live = live
+        self.cast_path = str(path)
+        self._fd: int | None = fd
+        self.writer = writer
+        self.extractor = extractor
+        self.screen = screen
+        # Input goes to the cast directly only when nothing must be redacted;
+        # in redacted mode the extractor releases what was echoed.
+        self._input_direct = input_mode is InputRecording.ON
+        self._input_via_extractor = input_mode is InputRecording.REDACTED and extractor is not None
+        self.failed = False
 
-    def input(self, t: float, data: bytes) -> None: ...
-    def output(self, t: float, data: bytes) -> None: ...
-    def resize(self, t: float, cols: int, rows: int) -> None: ...
-    def marker(self, t: float, text: str) -> None: ...
-    def close(self, t: float, reason: Any) -> None: ...
+    # -- the relay's calls (hot path: appends only) -----------------------------
+    def output(self, t: float, data: bytes) -> None:
+        self.writer.output(t, data)
+        if self.screen is not None:
+            self.screen.feed(data)
+        if self.extractor is not None:
+            events = self.extractor.output(t, data)
+            if events:
+                self._handle(events)
+
+    def input(self, t: float, data: bytes) -> None:
+        if self._input_direct:
+            self.writer.input(t, data)
+        if self.extractor is not None:
+            events = self.extractor.input(t, data)
+            if events:
+                self._handle(events)
+
+    def resize(self, t: float, cols: int, rows: int) -> None:
+        self.writer.resize(t, cols, rows)
+        if self.extractor is not None:
+            self.extractor.resize(cols, rows)
+        if self.screen is not None:
+            self.screen.resize(cols, rows)
+
+    def marker(self, t: float, text: str) -> None:
+        self.writer.marker(t, text)
+
     def redraw(self) -> bytes:
-        return b""
+        return self.screen.redraw() if self.screen is not None else b""
+
+    def _handle(self, events: Sequence[ExtractorEvent]) -> None:
+        for e in events:
+            if isinstance(e, Command):
+                self.emit_command(e)
+            elif self._input_via_extractor:
+                self.writer.input(e.time, e.data)
+
+    def emit_command(self, command: Command) -> None:
+        live = self.live
+        live.store.emit(
+            CommandRecord(
+                time=live.opened_at + timedelta(seconds=command.time),
+                connection_id=live.id,
+                user=live.user,
+                target=live.target,
+                target_user=live.login,
+                command=command.text,
+            )
+        )
+
+    # -- disk ------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._fd is None:
+            return
+        data = self.writer.take()
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.failed = True
+        self.owner.discard(self)
+        why = f"recording {self.cast_path} could not be written: {e.strerror or e}"
+        live = self.live
+        live.store.emit(
+            AuditEntry(
+                actor=SYSTEM,
+                action="recording_failed",
+                detail=why,
+                connection_id=live.id,
+                target=live.target,
+            )
+        )
+        if self.owner.on_failure is OnFailure.CLOSE:
+            log.error("recording failed; closing the connection", connection_id=live.id, error=why)
+            live.recording = None  # nothing more to write; close without it
+            live.close(CloseReason.ERROR, SYSTEM, why)
+        else:
+            log.error(
+                "recording failed; connection continues unrecorded (on_failure=continue)",
+                connection_id=live.id,
+                error=why,
+            )
+            live.recording = None
+
+    def close(self, t: float, reason: CloseReason) -> None:
+        """Final marker, last commands, and the file closed complete."""
+        if self.extractor is not None:
+            self._handle(self.extractor.finish())
+        self.writer.marker(t, f"closed: {reason.value}")
+        if self._fd is not None:
+            self._write(self.writer.take() + self.writer.finish(t))
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.owner.discard(self)
 
 
-def repair_casts(directory: Path) -> None:
-    return None
+class Recordings:
+    """Every open recording of the daemon and the task that flushes them."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._open: set[SessionRecording] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def directory(self) -> Path:
+        return self.gateway.data_dir / "recordings"
+
+    @property
+    def on_failure(self) -> OnFailure:
+        return self.gateway.config.recording.on_failure
+
+    def start(self, live: LiveConnection) -> SessionRecording | None:
+        """A recording for a new connection, its header already on disk; None
+        when recording is off. Raises OSError if the file cannot be created."""
+        cfg = self.gateway.config.recording
+        if not cfg.enabled:
+            return None
+        if live.kind is ConnectionKind.EXEC and live.command is not None:
+            # An exec request is one command, exactly its string.
+            cmd = exec_command(live.command, 0.0)
+        else:
+            cmd = None
+        path = self.directory / f"{live.id}.cast"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        pty = live.pty
+        cols, rows = (pty.cols, pty.rows) if pty else (80, 24)
+        writer = CastWriter(
+            cols,
+            rows,
+            int(time.time()),
+            env={"TERM": pty.term_type if pty else None, "SHELL": None},
+            title=f"{live.user} -> {live.login}@{live.target}",
+            command=live.command,
+            input_mode=cfg.input.value,  # type: ignore[arg-type]
+            format=cfg.format.value,  # type: ignore[arg-type]
+        )
+        shell = live.kind is ConnectionKind.SHELL
+        extractor = CommandExtractor(cols, rows) if shell and cfg.commands else None
+        screen = ScreenModel(cols, rows) if shell and pty is not None else None
+        rec = SessionRecording(self, live, path, fd, writer, extractor, screen, cfg.input)
+        rec._write(writer.header())
+        if cmd is not None and cfg.commands:
+            rec.emit_command(cmd)
+        self._open.add(rec)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+        return rec
+
+    def discard(self, rec: SessionRecording) -> None:
+        self._open.discard(rec)
+
+    def flush_all(self) -> None:
+        for rec in list(self._open):
+            rec.flush()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.gateway.config.recording.flush_interval or 1.0)
+            self.flush_all()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.flush_all()
 
 
-def close_all_recordings() -> None:
-    return None
+def repair_cast(path: Path, marker: str) -> bool:
+    """Make a cast left by an unclean stop valid: cut a torn last line and
+    append a closing marker. Returns True if the file was changed."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            keep = size
+            if not tail.endswith(b"\n"):
+                keep = size - (len(tail) - (tail.rfind(b"\n") + 1))
+            f.truncate(keep)
+            f.seek(0)
+            v3 = b'"version":3' in f.readline().replace(b" ", b"")
+            f.seek(max(0, keep - 65536))
+            lines = f.read().splitlines()
+            last_t = 0.0
+            if not v3 and lines and lines[-1].startswith(b"["):
+                try:
+                    last_t = float(json.loads(lines[-1])[0])
+                except (ValueError, IndexError, TypeError):
+                    last_t = 0.0
+            f.seek(0, os.SEEK_END)
+            f.write(json.dumps([round(last_t, 6), "m", marker]).encode() + b"\n")
+            return True
+    except OSError as e:
+        log.warning("could not repair recording", path=str(path), error=str(e))
+        return False

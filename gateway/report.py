@@ -46,9 +46,7 @@ FOLLOW_DEFAULT_LIMIT = 10
 
 # C0 and C1 controls, DEL, and the Unicode characters that reorder or hide text
 # (bidi overrides and isolates, line/paragraph separators, zero-width marks).
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
-)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -118,10 +116,18 @@ def _common(p: argparse.ArgumentParser, *, filters: bool = True) -> None:
     p.add_argument("--user", help="only this user (for audit: this actor)")
     p.add_argument("--target", help="only this target")
     p.add_argument("--connection", metavar="ID", help="only this connection")
-    p.add_argument("--since", type=parse_when, metavar="WHEN",
-                   help="from this time on: RFC 3339, or a duration back from now (15m)")
-    p.add_argument("--until", type=parse_when, metavar="WHEN",
-                   help="before this time: RFC 3339, or a duration back from now")
+    p.add_argument(
+        "--since",
+        type=parse_when,
+        metavar="WHEN",
+        help="from this time on: RFC 3339, or a duration back from now (15m)",
+    )
+    p.add_argument(
+        "--until",
+        type=parse_when,
+        metavar="WHEN",
+        help="before this time: RFC 3339, or a duration back from now",
+    )
     p.add_argument("--limit", type=_limit, metavar="N", help="only the newest N rows")
 
 
@@ -136,9 +142,13 @@ def add_query_commands(
 
     p = subparsers.add_parser("events", help="connection events (open, connected, ...)")
     _common(p)
-    p.add_argument("--follow", "-f", action="store_true",
-                   help=f"keep printing new events (shows the last {FOLLOW_DEFAULT_LIMIT} "
-                   "first unless --limit is given)")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help=f"keep printing new events (shows the last {FOLLOW_DEFAULT_LIMIT} "
+        "first unless --limit is given)",
+    )
     p.set_defaults(func=_handler(_events, config_loader))
 
     p = subparsers.add_parser("commands", help="command lines typed in sessions")
@@ -166,9 +176,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _handler(
-    body: Handler, config_loader: ConfigLoader
-) -> Callable[[argparse.Namespace], Any]:
+def _handler(body: Handler, config_loader: ConfigLoader) -> Callable[[argparse.Namespace], Any]:
     async def run(args: argparse.Namespace) -> int:
         try:
             config = config_loader(args.config)

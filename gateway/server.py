@@ -22,6 +22,7 @@ import structlog
 from config.models import Target, User
 from gateway.live import Attachment, LiveConnection, PtyRequest
 from gateway.pool import TargetError
+from gateway.recording import RecordingError
 from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
 
 if TYPE_CHECKING:
@@ -365,7 +366,13 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
         )
         self.live = live
         gw.registry.add(live)
-        live.recording = gw.start_recording(live)
+        try:
+            live.recording = gw.start_recording(live)
+        except RecordingError as e:
+            live.emit_open(None)
+            live.close(CloseReason.ERROR, SYSTEM, str(e), tell_client=False)
+            self.kick(f"shellgate: {e}", 1)
+            return
         live.emit_open(live.recording.cast_path if live.recording else None)
         if self.finished:  # the client left while we were setting up
             live.close(
