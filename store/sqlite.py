@@ -12,10 +12,12 @@ live sessions. (A Queue plus an overflow deque behaves the same; one deque is
 simpler and lets the writer take a whole batch in one go.)
 
 The writer takes up to ``batch_size`` records per transaction and writes them
-with one ``executemany`` per table. A record that cannot be written (not a
-store record, a duplicate id) is logged and skipped; the rest of its batch is
-written. ``sqlite3.OperationalError`` (database locked, disk full, I/O error)
-is treated as transient: the batch is retried with backoff until it succeeds.
+with one ``executemany`` per table (connection rows coalesced within the
+batch, see ``_Rows``). A record that cannot be written (not a store record, a
+value sqlite refuses) is logged and skipped; the rest of its batch is
+written. ``sqlite3.OperationalError`` (database locked, disk full, I/O
+error) is treated as transient: the batch is retried with backoff until it
+succeeds (so ``close`` waits on a database that stays broken: never drop).
 
 Reading. Queries use a second connection, so they never see a half-written
 batch, and work from another process while the daemon writes (WAL). The CLI
