@@ -347,3 +347,38 @@ async def test_exec_client_gone_closes_user_closed(gateway: GatewayProcess) -> N
         await asyncio.sleep(0.1)
         rows = gateway.cli_json("connections", "--user", "alice")
     assert (rows[-1]["reason"], rows[-1]["closed_by"]) == ("user_closed", "alice")
+
+
+def _paramiko_round(port: int, key: Path, name: str, script: bytes, pty: bool) -> bytes:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=port, username="root@web1", key_filename=str(key),
+                   look_for_keys=False, allow_agent=False, timeout=10)
+    try:
+        chan = client.get_transport().open_session()  # type: ignore[union-attr]
+        chan.set_environment_variable("SHELLGATE_SESSION", name)
+        if pty:
+            chan.get_pty(term="xterm", width=80, height=24)
+        chan.invoke_shell()
+        chan.settimeout(10)
+        chan.sendall(script)
+        out = b""
+        while b"DONE-" not in out.replace(b"DONE-$", b""):
+            chunk = chan.recv(4096)
+            assert chunk, out
+            out += chunk
+        return out
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["no-pty", "pty"])
+def test_named_session_from_paramiko(gateway: GatewayProcess, pty: bool) -> None:
+    key = gateway.user("alice").key.private
+    first = _paramiko_round(gateway.port, key, "agent-p", b"echo PID=$$; echo DONE-$((1))\n", pty)
+    pid = re.search(rb"PID=(\d+)", first)
+    assert pid
+    second = _paramiko_round(gateway.port, key, "agent-p", b"echo PID=$$; echo DONE-$((2))\n", pty)
+    assert pid.group(0) in second
