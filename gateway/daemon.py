@@ -266,5 +266,10 @@ class Gateway:
             except TimeoutError:
                 pass
         await self.recordings.close()
-        await self.store.close()
+        try:
+            # The writer retries rather than drop; a store that stays broken
+            # (disk full) must not hang the stop forever.
+            await asyncio.wait_for(self.store.close(), 30)
+        except TimeoutError:
+            log.error("store did not drain within 30s; stopping without the last events")
         log.info("stopped")
