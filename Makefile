@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := openssh-server openssh-client tmux
+APT_PKGS := openssh-server openssh-client tmux vim less
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps demo test lint typecheck bench soak clean

@@ -67,9 +67,17 @@ class SessionRecording:
         self._input_direct = input_mode is InputRecording.ON
         self._input_via_extractor = input_mode is InputRecording.REDACTED and extractor is not None
         self.failed = False
+        # Exec output without a pty may be a tarball: a cast of it is useless
+        # to a reader and costs the relay dearly (every invalid byte becomes
+        # an escaped U+FFFD). Once it turns binary, only its size is recorded.
+        self._watch_binary = live.kind is ConnectionKind.EXEC and live.pty is None
+        self._binary_bytes = 0
 
     # -- the relay's calls (hot path: appends only) -----------------------------
     def output(self, t: float, data: bytes) -> None:
+        if self._watch_binary and (self._binary_bytes or _is_binary(data)):
+            self._binary(t, len(data))
+            return
         self.writer.output(t, data)
         if self.screen is not None:
             self.screen.feed(data)
@@ -85,6 +93,11 @@ class SessionRecording:
             events = self.extractor.input(t, data)
             if events:
                 self._handle(events)
+
+    def _binary(self, t: float, n: int) -> None:
+        if not self._binary_bytes:
+            self.writer.marker(t, "binary output follows; not recorded, only its size")
+        self._binary_bytes += n
 
     def resize(self, t: float, cols: int, rows: int) -> None:
         self.writer.resize(t, cols, rows)
@@ -174,6 +187,8 @@ class SessionRecording:
         """Final marker, last commands, and the file closed complete."""
         if self.extractor is not None:
             self._handle(self.extractor.finish())
+        if self._binary_bytes:
+            self.writer.marker(t, f"binary output: {self._binary_bytes} bytes")
         self.writer.marker(t, f"closed: {reason.value}")
         if self._fd is not None:
             self._write(self.writer.take() + self.writer.finish(t))
@@ -256,6 +271,18 @@ class Recordings:
             self._task.cancel()
             self._task = None
         self.flush_all()
+
+
+def _is_binary(data: bytes) -> bool:
+    """True when ``data`` is not UTF-8 text (a sequence cut at the end is fine)
+    or holds NUL bytes."""
+    if b"\x00" in data:
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(data) - 3 or e.reason != "unexpected end of data"
+    return False
 
 
 def repair_cast(path: Path, marker: str) -> bool:

@@ -52,6 +52,12 @@ async def test_binary_round_trip_10mb(gateway: GatewayProcess, tmp_path: Path) -
     assert up.stdout.split()[0].decode() == digest
     down = await gateway.to("web1").ssh(f"cat {remote}", timeout=60)
     assert hashlib.sha256(down.stdout).hexdigest() == digest
+    # Binary exec output is not put in the cast, only its size.
+    conn = gateway.cli_json("connections")[-1]
+    assert conn["bytes_out"] == len(blob)
+    cast = gateway.cli("export", str(conn["id"])).stdout.decode()
+    assert f"binary output: {len(blob)} bytes" in cast
+    assert len(cast) < 10_000
 
 
 async def test_tar_pipe_through_exec(gateway: GatewayProcess, tmp_path: Path) -> None:
