@@ -250,3 +250,26 @@ def test_sigint_also_stops(gateway: GatewayProcess) -> None:
     assert gateway.popen is not None
     gateway.popen.send_signal(signal.SIGINT)
     assert gateway.popen.wait(15) == 0
+
+
+async def test_user_certificate_identifies_its_principal(
+    make_gateway: Callable[..., GatewayProcess], target_sshd: TargetSshd, tmp_path: Path
+) -> None:
+    from harness.keys import UserCA
+
+    ca = UserCA.create(tmp_path / "ca")
+    gw = make_gateway(
+        {"web1": target_sshd}, start=False, gateway_toml=f'user_ca_keys = ["{ca.public_line}"]'
+    )
+    gw.start()
+    # carol's key is not in the config: only the certificate (principal bob) lets her in.
+    carol = generate_key(tmp_path / "carol", "carol")
+    ca.sign(carol, ["bob"])
+    r = await gw.to("web1").with_key(carol.private).ssh("echo via-cert")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"via-cert\n"
+    assert gw.cli_json("connections")[-1]["user"] == "bob"
+    mallory = generate_key(tmp_path / "mallory", "mallory")
+    ca.sign(mallory, ["nobody"])
+    refused = await gw.to("web1").with_key(mallory.private).ssh("true")
+    assert refused.returncode == 255
