@@ -1,0 +1,1 @@
+"""shellgate benchmarks against direct OpenSSH: ``python -m bench.run`` (``make bench``)."""

@@ -1,0 +1,921 @@
+"""shellgate against direct OpenSSH: ``python -m bench.run`` (``make bench``).
+
+One process run starts a real OpenSSH sshd on loopback and shellgate daemons in
+front of it (the shipped default config, plus two recording variants for the
+recording-overhead figures), alternates direct and gateway runs (A B A B ...),
+and prints one table of gateway/direct ratios (medians of per-pair ratios) with
+the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
+1,000 keystrokes. The same figures go to ``bench/results/latest.json``
+(``latest-quick.json`` for ``--quick`` or ``--only`` runs).
+
+    python -m bench.run                 # everything, ~10 minutes on 2 cores
+    python -m bench.run --quick         # 3 pairs, smaller sizes, ~2 minutes
+    python -m bench.run --only echo     # pty | bulk | echo | setup | store
+    python -m bench.run --profile       # py-spy on the gateway during #1 and #3
+
+Every process started here is tracked by pid (tests/harness/procs) and killed
+at exit, also on Ctrl-C, SIGTERM or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the e2e harness: sshd, gateway, procs
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import asyncssh  # noqa: E402
+from harness import procs  # noqa: E402
+from harness.env import clean_env  # noqa: E402
+from harness.gateway import GatewayProcess  # noqa: E402
+from harness.ssh_client import SshClient  # noqa: E402
+from harness.sshd import TargetSshd  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+AES = "aes128-gcm@openssh.com"
+NAMES = ("pty", "bulk", "echo", "setup", "store")
+
+# Recording variants (#5). "default" is the shipped config; it serves #1-#4.
+VARIANTS: dict[str, str] = {
+    "default": "",  # enabled, input = "redacted", commands on
+    "output_only": 'input = "off"',
+    "rec_off": "enabled = false",
+}
+
+
+@dataclass
+class Sizes:
+    pairs: int
+    pty_mb: int
+    bulk_mb: int
+    echo_samples: int
+    setup_runs: int
+    cold_runs: int
+    store_events: int
+    store_rows: int
+
+
+# The issue asks for 100 MB (pty) and 200 MB (exec); on the 2-core shared
+# machines we run on, direct pty output is ~10 MB/s, so those sizes would take
+# ~25 minutes. Override with --pty-mb/--bulk-mb.
+FULL = Sizes(5, 30, 60, 2000, 50, 8, 100_000, 1_000_000)
+QUICK = Sizes(3, 8, 20, 600, 12, 3, 20_000, 200_000)
+
+
+# -- small helpers ----------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        rest = f.read().rpartition(")")[2].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = None
+    try:
+        import cryptography
+
+        crypto = cryptography.__version__
+    except ImportError:
+        crypto = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "uvloop": uv,
+        "cryptography": crypto,
+        "openssh": ssh_v,
+        "kernel": platform.release(),
+    }
+
+
+def make_text_file(path: Path, mb: int) -> None:
+    """``mb`` MB of printable lines (what a pty `cat` of a log looks like)."""
+    import random
+
+    rnd = random.Random(42)
+    words = [
+        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10)))
+        for _ in range(500)
+    ]
+    lines = []
+    size = 0
+    while size < 4 << 20:
+        body = " ".join(rnd.choice(words) for _ in range(rnd.randint(3, 14)))
+        line = f"{size:>10} {body}\n"
+        lines.append(line)
+        size += len(line)
+    block = "".join(lines).encode()
+    total = mb * 1_000_000
+    with open(path, "wb") as f:
+        while total > 0:
+            f.write(block[:total])
+            total -= len(block)
+
+
+def make_binary_file(path: Path, mb: int) -> None:
+    block = os.urandom(16 << 20)
+    total = mb * 1_000_000
+    with open(path, "wb") as f:
+        while total > 0:
+            f.write(block[:total])
+            total -= len(block)
+
+
+@dataclass
+class StreamResult:
+    nbytes: int
+    seconds: float
+
+
+def run_stream(
+    args: list[str], *, stdin_path: Path | None = None, payload: int | None = None,
+    timeout: float = 300.0,
+) -> StreamResult:
+    """Run an OpenSSH client, read its stdout here, and time first byte -> EOF
+    (so connection setup is left out). ``payload`` overrides the byte count
+    (uploads, where stdout carries only start/end markers)."""
+    stdin: Any = open(stdin_path, "rb") if stdin_path else subprocess.PIPE  # noqa: SIM115
+    err = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+    p = subprocess.Popen(
+        args, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=clean_env(),
+        start_new_session=True,
+    )
+    tracked = procs.register(p.pid, "bench ssh client", p)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        assert p.stdout is not None
+        fd = p.stdout.fileno()
+        n = 0
+        t_first: float | None = None
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            if t_first is None:
+                t_first = time.perf_counter()
+            n += len(chunk)
+        t_end = time.perf_counter()
+        code = p.wait(timeout)
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            procs.kill(tracked)
+        procs.unregister(p.pid)
+        if stdin_path:
+            stdin.close()
+        elif p.stdin:
+            p.stdin.close()
+        if p.stdout:
+            p.stdout.close()
+    err.seek(0)
+    errtext = err.read().decode(errors="replace")
+    err.close()
+    if code != 0 or t_first is None:
+        raise RuntimeError(f"{' '.join(args)} exited {code}: {errtext[-2000:]}")
+    return StreamResult(payload if payload is not None else n, t_end - t_first)
+
+
+def run_wall(args: list[str], timeout: float = 30.0) -> float:
+    started = time.perf_counter()
+    p = subprocess.run(
+        args, stdin=subprocess.DEVNULL, capture_output=True, env=clean_env(), timeout=timeout
+    )
+    elapsed = time.perf_counter() - started
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {p.returncode}: {p.stderr[-2000:]!r}")
+    return elapsed
+
+
+# -- the rig ------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    directory: Path
+    sizes: Sizes
+    sshd: TargetSshd
+    gateways: dict[str, GatewayProcess]
+    text_file: Path
+    bin_file: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def direct(self) -> SshClient:
+        return self.sshd.client(strict=False)
+
+    def via(self, variant: str = "default", target: str = "t0") -> SshClient:
+        return self.gateways[variant].to(target)
+
+    def gw_pid(self, variant: str = "default") -> int:
+        popen = self.gateways[variant].popen
+        assert popen is not None
+        return popen.pid
+
+    def clean_recordings(self) -> None:
+        """Casts of finished benchmark connections are not kept (GBs otherwise)."""
+        for gw in self.gateways.values():
+            rec = gw.data_dir / "recordings"
+            if rec.is_dir():
+                for p in rec.iterdir():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+
+    def row(self, **kw: Any) -> None:
+        self.rows.append(kw)
+
+
+def start_rig(directory: Path, sizes: Sizes, variants: list[str], cold: int) -> Rig:
+    sshd = TargetSshd(directory / "sshd")
+    sshd.start()
+    # The gateway needs to open as many channels as we run at once; targets
+    # c1..cN point at the same sshd and are used once each: a cold pool.
+    targets = {"t0": sshd, **{f"c{i}": sshd for i in range(1, cold + 1)}}
+    gateways: dict[str, GatewayProcess] = {}
+    for v in variants:
+        gw = GatewayProcess.create(
+            directory / f"gw-{v}", targets, users=(("alice", ("admin",)),),
+            recording_toml=VARIANTS[v],
+        )
+        # GatewayProcess.write_config writes one [[targets]] per dict entry
+        # via sshd.target_toml(name).
+        gw.start()
+        gateways[v] = gw
+    text_file = directory / "text.txt"
+    bin_file = directory / "binary.bin"
+    return Rig(directory, sizes, sshd, gateways, text_file, bin_file)
+
+
+def stop_rig(rig: Rig | None) -> None:
+    if rig is None:
+        return
+    for gw in rig.gateways.values():
+        with contextlib.suppress(Exception):
+            gw.stop(timeout=10)
+        gw.cleanup()
+    rig.sshd.cleanup()
+
+
+# -- #1 pty output throughput and #5 recording overhead ----------------------------
+
+
+def bench_pty(rig: Rig) -> None:
+    s = rig.sizes
+    if not rig.text_file.exists():
+        make_text_file(rig.text_file, s.pty_mb)
+    cmd = f"cat {rig.text_file}"
+    out: dict[str, Any] = {}
+    for cipher in ("default", AES):
+        opts = () if cipher == "default" else (f"Ciphers={cipher}",)
+        # Recording variants (#5) with the client's default cipher only (time).
+        variants = list(rig.gateways) if cipher == "default" else ["default"]
+        arms: dict[str, list[float]] = {"direct": []} | {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
+        nbytes = 0
+        for i in range(s.pairs):
+            order = ["direct", *variants]
+            for arm in order[i % len(order):] + order[: i % len(order)]:
+                client = rig.direct() if arm == "direct" else rig.via(arm)
+                args = client.with_options(*opts).ssh_args(cmd, tty=True)
+                c0 = cpu_seconds(rig.gw_pid(arm)) if arm != "direct" else 0.0
+                r = run_stream(args)
+                if arm != "direct":
+                    cpu[arm].append(cpu_seconds(rig.gw_pid(arm)) - c0)
+                    rig.clean_recordings()
+                arms[arm].append(r.nbytes / r.seconds / 1e6)
+                nbytes = r.nbytes
+        res = _throughput_summary(arms, cpu, s.pty_mb * 1e6, nbytes)
+        out[cipher] = res
+        for v in variants:
+            rig.row(
+                n="1" if v == "default" else "5",
+                bench=f"pty cat {s.pty_mb} MB" + ("" if v == "default" else f" [{v}]"),
+                cipher="client default" if cipher == "default" else cipher,
+                direct=f"{res['direct_MBps']:.0f} MB/s",
+                gateway=f"{res[v]['MBps']:.0f} MB/s",
+                ratio=res[v]["ratio"],
+                goal=">= 0.8x" if v == "default" else "",
+                cpu=f"{res[v]['cpu_s_per_GB']:.2f} s/GB",
+                ok=(res[v]["ratio"] >= 0.8) if v == "default" else None,
+            )
+    rig.results["pty_throughput"] = out
+
+
+def _throughput_summary(
+    arms: dict[str, list[float]], cpu: dict[str, list[float]], payload: float, nbytes: int
+) -> dict[str, Any]:
+    direct = arms["direct"]
+    res: dict[str, Any] = {
+        "direct_MBps": median(direct),
+        "direct_runs_MBps": [round(x, 1) for x in direct],
+        "bytes_received": nbytes,
+    }
+    for v, xs in arms.items():
+        if v == "direct":
+            continue
+        ratios = [g / d for g, d in zip(xs, direct, strict=False)]
+        res[v] = {
+            "MBps": median(xs),
+            "runs_MBps": [round(x, 1) for x in xs],
+            "ratio": median(ratios),
+            "pair_ratios": [round(r, 3) for r in ratios],
+            "cpu_s_per_GB": median([c / (payload / 1e9) for c in cpu[v]]),
+        }
+    return res
+
+
+# -- #2 bulk exec throughput, both directions ------------------------------------------
+
+
+def bench_bulk(rig: Rig) -> None:
+    s = rig.sizes
+    if not rig.bin_file.exists():
+        make_binary_file(rig.bin_file, s.bulk_mb)
+    payload = s.bulk_mb * 1_000_000
+    out: dict[str, Any] = {}
+    for direction in ("download", "upload"):
+        for cipher in ("default", AES):
+            opts = () if cipher == "default" else (f"Ciphers={cipher}",)
+            arms: dict[str, list[float]] = {"direct": [], "default": []}
+            cpu: dict[str, list[float]] = {"default": []}
+            for i in range(s.pairs):
+                order = ["direct", "default"] if i % 2 == 0 else ["default", "direct"]
+                for arm in order:
+                    client = (rig.direct() if arm == "direct" else rig.via()).with_options(*opts)
+                    c0 = cpu_seconds(rig.gw_pid()) if arm != "direct" else 0.0
+                    if direction == "download":
+                        r = run_stream(client.ssh_args(f"cat {rig.bin_file}", tty=False))
+                    else:
+                        r = run_stream(
+                            client.ssh_args("echo go; cat > /dev/null; echo end", tty=False),
+                            stdin_path=rig.bin_file, payload=payload,
+                        )
+                    if arm != "direct":
+                        cpu[arm].append(cpu_seconds(rig.gw_pid()) - c0)
+                        rig.clean_recordings()
+                    arms[arm].append(r.nbytes / r.seconds / 1e6)
+            res = _throughput_summary(arms, cpu, payload, payload)
+            out[f"{direction}/{cipher}"] = res
+            rig.row(
+                n="2",
+                bench=f"exec {direction} {s.bulk_mb} MB binary",
+                cipher="client default" if cipher == "default" else cipher,
+                direct=f"{res['direct_MBps']:.0f} MB/s",
+                gateway=f"{res['default']['MBps']:.0f} MB/s",
+                ratio=res["default"]["ratio"],
+                goal=">= 0.6x",
+                cpu=f"{res['default']['cpu_s_per_GB']:.2f} s/GB",
+                ok=res["default"]["ratio"] >= 0.6,
+            )
+    rig.results["bulk_throughput"] = out
+
+
+# -- #3 keystroke echo latency (and #5 for it) ----------------------------------------
+
+
+class _Echo(asyncssh.SSHClientSession[bytes]):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.fut: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.buf += data
+        f = self.fut
+        if f is not None and not f.done():
+            f.set_result(None)
+
+
+async def _echo_session(
+    port: int, username: str, key: Path
+) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientChannel[bytes], _Echo]:
+    conn = await asyncssh.connect(
+        "127.0.0.1", port, username=username, client_keys=[str(key)], known_hosts=None,
+        config=None, agent_path=None, preferred_auth="publickey",
+    )
+    chan, sess = await conn.create_session(
+        _Echo, term_type="xterm", term_size=(80, 24), encoding=None
+    )
+    deadline = time.monotonic() + 15
+    while b"# " not in sess.buf and b"$ " not in sess.buf:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no prompt from {username}: {bytes(sess.buf)!r}")
+        await asyncio.sleep(0.02)
+    chan.write(b"stty raw -echo; exec cat\r")
+    await asyncio.sleep(0.5)
+    return conn, chan, sess
+
+
+async def _one_key(chan: asyncssh.SSHClientChannel[bytes], sess: _Echo, byte: bytes) -> float:
+    loop = asyncio.get_running_loop()
+    while True:
+        sess.buf.clear()
+        fut = loop.create_future()
+        sess.fut = fut
+        t0 = time.perf_counter_ns()
+        chan.write(byte)
+        await asyncio.wait_for(fut, 5)
+        dt = (time.perf_counter_ns() - t0) / 1000
+        sess.fut = None
+        if bytes(sess.buf) == byte:
+            return dt
+        await asyncio.sleep(0.05)  # a stray byte (e.g. late shell echo): measure again
+
+
+async def _echo_async(rig: Rig) -> dict[str, Any]:
+    arms: dict[str, tuple[Any, Any, Any]] = {}
+    arms["direct"] = await _echo_session(rig.sshd.port, "root", rig.sshd.client_key.private)
+    for v, gw in rig.gateways.items():
+        arms[v] = await _echo_session(gw.port, "root@t0", gw.user("alice").key.private)
+    names = list(arms)
+    for _ in range(30):  # warm-up, and settle the tty modes
+        for a in names:
+            await _one_key(arms[a][1], arms[a][2], b"w")
+    samples: dict[str, list[float]] = {a: [] for a in names}
+    cpu0 = {v: cpu_seconds(rig.gw_pid(v)) for v in rig.gateways}
+    n = rig.sizes.echo_samples
+    letters = b"abcdefghijklmnopqrstuvwxyz"
+    for i in range(n):
+        byte = letters[i % 26 : i % 26 + 1]
+        order = names[i % len(names):] + names[: i % len(names)]
+        for a in order:
+            samples[a].append(await _one_key(arms[a][1], arms[a][2], byte))
+    cpu1 = {v: cpu_seconds(rig.gw_pid(v)) for v in rig.gateways}
+    for conn, chan, _sess in arms.values():
+        chan.close()
+        conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.wait_closed(), 5)
+    d = samples["direct"]
+    out: dict[str, Any] = {
+        "samples": n,
+        "direct_p50_us": median(d),
+        "direct_p99_us": pct(d, 99),
+    }
+    block = max(1, n // rig.sizes.pairs)
+    for v in rig.gateways:
+        g = samples[v]
+        # Added latency per pair of blocks (A B A B ...: the samples interleave).
+        pair_added = [
+            statistics.median(g[k : k + block]) - statistics.median(d[k : k + block])
+            for k in range(0, n - block + 1, block)
+        ]
+        out[v] = {
+            "p50_us": median(g),
+            "p99_us": pct(g, 99),
+            "added_p50_us": median(g) - median(d),  # type: ignore[operator]
+            "added_p99_us": pct(g, 99) - pct(d, 99),  # type: ignore[operator]
+            "block_added_p50_us": [round(x, 1) for x in pair_added],
+            "cpu_s_per_1000_keys": (cpu1[v] - cpu0[v]) / (n / 1000),
+        }
+    return out
+
+
+def bench_echo(rig: Rig) -> None:
+    res = _run_async(_echo_async(rig))
+    rig.results["echo_latency"] = res
+    for v in rig.gateways:
+        r = res[v]
+        rig.row(
+            n="3" if v == "default" else "5",
+            bench=f"echo latency, {res['samples']} keys" + ("" if v == "default" else f" [{v}]"),
+            cipher="asyncssh default",
+            direct=f"p50 {res['direct_p50_us']:.0f} / p99 {res['direct_p99_us']:.0f} us",
+            gateway=f"p50 {r['p50_us']:.0f} / p99 {r['p99_us']:.0f} us",
+            ratio=r["p50_us"] / res["direct_p50_us"],
+            goal="added p50 <= 250, p99 <= 1000 us" if v == "default" else "",
+            cpu=f"{r['cpu_s_per_1000_keys']:.3f} s/1k keys",
+            extra=f"added p50 {r['added_p50_us']:.0f} us, p99 {r['added_p99_us']:.0f} us",
+            ok=(r["added_p50_us"] <= 250 and r["added_p99_us"] <= 1000)
+            if v == "default" else None,
+        )
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+# -- #4 connection setup -------------------------------------------------------------
+
+
+def bench_setup(rig: Rig) -> None:
+    s = rig.sizes
+    run_wall(rig.via().ssh_args("true"))  # the pool holds a warm t0 connection from here on
+    direct: list[float] = []
+    pooled: list[float] = []
+    cpu: list[float] = []
+    for i in range(s.setup_runs):
+        for arm in (("direct", "gw") if i % 2 == 0 else ("gw", "direct")):
+            if arm == "direct":
+                direct.append(run_wall(rig.direct().ssh_args("true")))
+            else:
+                c0 = cpu_seconds(rig.gw_pid())
+                pooled.append(run_wall(rig.via().ssh_args("true")))
+                cpu.append(cpu_seconds(rig.gw_pid()) - c0)
+    cold: list[float] = []
+    cold_direct: list[float] = []
+    for i in range(1, s.cold_runs + 1):
+        cold_direct.append(run_wall(rig.direct().ssh_args("true")))
+        cold.append(run_wall(rig.via(target=f"c{i}").ssh_args("true")))
+    rig.clean_recordings()
+    res = {
+        "runs": s.setup_runs,
+        "direct_ms": median(direct) * 1000,  # type: ignore[operator]
+        "pooled_ms": median(pooled) * 1000,  # type: ignore[operator]
+        "pooled_ratio": median([g / d for g, d in zip(pooled, direct, strict=False)]),
+        "first_runs": s.cold_runs,
+        "first_direct_ms": median(cold_direct) * 1000,  # type: ignore[operator]
+        "first_ms": median(cold) * 1000,  # type: ignore[operator]
+        "first_ratio": median([g / d for g, d in zip(cold, cold_direct, strict=False)]),
+        "gw_cpu_ms_per_connection": median(cpu) * 1000,  # type: ignore[operator]
+    }
+    rig.results["connection_setup"] = res
+    for kind in ("first", "pooled"):
+        rig.row(
+            n="4",
+            bench=f"connect + exec true, {kind}"
+            + (" (cold pool)" if kind == "first" else " (warm pool)"),
+            cipher="client default",
+            direct=f"{res['first_direct_ms' if kind == 'first' else 'direct_ms']:.0f} ms",
+            gateway=f"{res[f'{kind}_ms']:.0f} ms",
+            ratio=res[f"{kind}_ratio"],
+            goal="<= 1.2x",
+            cpu=f"{res['gw_cpu_ms_per_connection']:.0f} ms/conn" if kind == "pooled" else "",
+            ok=res[f"{kind}_ratio"] <= 1.2,
+        )
+
+
+# -- #6 store --------------------------------------------------------------------------
+
+
+def _bench_store_module() -> Any:
+    path = ROOT / "tests" / "store" / "bench_store.py"
+    spec = importlib.util.spec_from_file_location("bench_store", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+async def _store_async(directory: Path, sizes: Sizes) -> dict[str, Any]:
+    import logging
+
+    import structlog
+
+    from store import QueryFilter, SqliteStore
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    bs = _bench_store_module()
+    out: dict[str, Any] = {}
+    for label, records in (
+        ("connection_events", bs.connection_events(sizes.store_events)),
+        ("commands", bs.commands(sizes.store_events)),
+    ):
+        db = directory / f"writer-{label}.db"
+        store = SqliteStore(db)
+        await store.open()
+        started = time.perf_counter()
+        for r in records:
+            store.emit(r)
+        await store.flush()
+        elapsed = time.perf_counter() - started
+        await store.close()
+        out[f"writer_{label}_per_s"] = len(records) / elapsed
+        out[f"writer_{label}_n"] = len(records)
+
+    # 1M command rows, inserted with plain sqlite3 (setup, not what is measured),
+    # laid out as the writer writes them (same as tests/store/bench_store.py).
+    qdir = directory / "query"
+    qdir.mkdir(exist_ok=True)
+    db = qdir / "shellgate.db"
+    s = SqliteStore(db)
+    await s.open()
+    await s.close()
+    total = sizes.store_rows
+    chunk = 100_000
+    with sqlite3.connect(db) as conn:
+        for start in range(0, total, chunk):
+            conn.executemany(
+                "INSERT INTO commands (time, connection_id, user_name, target, target_user,"
+                " command) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), r.connection_id, r.user, r.target,
+                  r.target_user, r.command) for r in bs.commands(min(chunk, total - start), start)],
+            )
+    since = bs.T0 + timedelta(seconds=total - 50_000)
+    times = []
+    rows: list[Any] = []
+    async with SqliteStore(db, readonly=True) as ro:
+        await ro.commands(QueryFilter(user="user042", since=since))
+        for _ in range(10):
+            t0 = time.perf_counter()
+            rows = await ro.commands(QueryFilter(user="user042", since=since))
+            times.append(time.perf_counter() - t0)
+    out["rows"] = total
+    out["query_rows_returned"] = len(rows)
+    out["query_inprocess_ms"] = median(times) * 1000  # type: ignore[operator]
+    cfg = qdir / "shellgate.toml"
+    cfg.write_text(f'[gateway]\ndata_dir = "{qdir}"\n')
+    cli = [sys.executable, "-m", "gateway.cli", "commands", "--user", "user042",
+           "--since", since.isoformat(), "--config", str(cfg), "--json"]
+    baseline = [sys.executable, "-c", "import gateway.cli"]
+    cli_times, base_times = [], []
+    for _ in range(5):
+        for args, acc in ((cli, cli_times), (baseline, base_times)):
+            t0 = time.perf_counter()
+            p = subprocess.run(args, capture_output=True, cwd=ROOT, timeout=60)
+            acc.append(time.perf_counter() - t0)
+            if p.returncode != 0:
+                raise RuntimeError(f"{args} exited {p.returncode}: {p.stderr[-2000:]!r}")
+            if args is cli:
+                out["cli_rows_returned"] = len(p.stdout.splitlines())
+    out["cli_wall_ms"] = median(cli_times) * 1000  # type: ignore[operator]
+    out["cli_import_only_ms"] = median(base_times) * 1000  # type: ignore[operator]
+    return out
+
+
+def bench_store(rig: Rig) -> None:
+    d = rig.directory / "store"
+    d.mkdir(exist_ok=True)
+    res = _run_async(_store_async(d, rig.sizes))
+    rig.results["store"] = res
+    rig.row(
+        n="6", bench=f"store writer, {res['writer_connection_events_n']:,} connection events",
+        cipher="", direct="", gateway=f"{res['writer_connection_events_per_s']:,.0f} ev/s",
+        ratio=None, goal=">= 50k ev/s", cpu="",
+        ok=res["writer_connection_events_per_s"] >= 50_000,
+    )
+    rig.row(
+        n="6", bench=f"store writer, {res['writer_commands_n']:,} commands",
+        cipher="", direct="", gateway=f"{res['writer_commands_per_s']:,.0f} ev/s",
+        ratio=None, goal=">= 50k ev/s", cpu="", ok=res["writer_commands_per_s"] >= 50_000,
+    )
+    rig.row(
+        n="6", bench=f"commands --user --since over {res['rows']:,} rows",
+        cipher="", direct="",
+        gateway=f"{res['query_inprocess_ms']:.1f} ms query; CLI {res['cli_wall_ms']:.0f} ms",
+        ratio=None, goal="< 100 ms", cpu="",
+        extra=f"{res['query_rows_returned']} rows; CLI wall incl. interpreter "
+        f"(bare `import gateway.cli` {res['cli_import_only_ms']:.0f} ms)",
+        ok=res["query_inprocess_ms"] < 100,
+    )
+
+
+# -- profiling ------------------------------------------------------------------------
+
+
+def bench_profile(rig: Rig) -> None:
+    """py-spy on the gateway while it relays #1 (both ciphers) and #2 download
+    and #3 echo; writes collapsed stacks and a self/inclusive summary."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy not found: pip install py-spy into the venv", file=sys.stderr)
+        return
+    if not rig.text_file.exists():
+        make_text_file(rig.text_file, rig.sizes.pty_mb)
+    if not rig.bin_file.exists():
+        make_binary_file(rig.bin_file, rig.sizes.bulk_mb)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cases: dict[str, Callable[[], None]] = {
+        "pty-chacha": lambda: [run_stream(rig.via().ssh_args(f"cat {rig.text_file}", tty=True))
+                               for _ in range(2)] and None,
+        "pty-aesgcm": lambda: [run_stream(rig.via().with_options(f"Ciphers={AES}").ssh_args(
+            f"cat {rig.text_file}", tty=True)) for _ in range(2)] and None,
+        "exec-download-chacha": lambda: [run_stream(rig.via().ssh_args(
+            f"cat {rig.bin_file}", tty=False)) for _ in range(2)] and None,
+        "echo": lambda: _run_async(_echo_async(rig)) and None,
+    }
+    summary: dict[str, Any] = {}
+    for name, fn in cases.items():
+        raw = RESULTS / f"profile-{name}.collapsed"
+        p = subprocess.Popen(
+            [spy, "record", "-p", str(rig.gw_pid()), "-r", "250", "-f", "raw", "-o", str(raw),
+             "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        tracked = procs.register(p.pid, "py-spy", p)
+        time.sleep(1.0)
+        c0 = cpu_seconds(rig.gw_pid())
+        fn()
+        cpu = cpu_seconds(rig.gw_pid()) - c0
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(20)
+        finally:
+            if p.poll() is None:
+                procs.kill(tracked)
+            procs.unregister(p.pid)
+        rig.clean_recordings()
+        if raw.exists():
+            summary[name] = summarize_collapsed(raw)
+            summary[name]["gateway_cpu_s"] = cpu
+            print(f"\nprofile {name}: gateway CPU {cpu:.2f} s; {raw}")
+            print_profile(summary[name])
+    (RESULTS / "profile-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's raw format."""
+    self_c: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        leaf = frames[-1]
+        self_c[leaf] = self_c.get(leaf, 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def norm(f: str) -> str:
+        return f.replace(str(ROOT) + "/", "").replace(str(Path(asyncssh.__file__).parent.parent)
+                                                      + "/", "")
+
+    return {
+        "samples": total,
+        "self": [(norm(f), round(c / total * 100, 1))
+                 for f, c in sorted(self_c.items(), key=lambda kv: -kv[1])[:top]],
+        "inclusive": [(norm(f), round(c / total * 100, 1))
+                      for f, c in sorted(incl.items(), key=lambda kv: -kv[1])[: top * 2]],
+    }
+
+
+def print_profile(s: dict[str, Any]) -> None:
+    print(f"  {s['samples']} samples; self time (% of samples):")
+    for f, p in s["self"][:15]:
+        print(f"   {p:5.1f}%  {f}")
+    print("  inclusive:")
+    for f, p in s["inclusive"][:30]:
+        print(f"   {p:5.1f}%  {f}")
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def print_table(rows: list[dict[str, Any]]) -> str:
+    head = ["#", "benchmark", "cipher", "direct", "gateway", "gw/direct", "goal", "gw CPU", "ok"]
+    lines = []
+    for r in rows:
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+        ok = {True: "yes", False: "NO", None: ""}[r.get("ok")]
+        gw = r["gateway"] + (f" ({r['extra']})" if r.get("extra") else "")
+        lines.append([r["n"], r["bench"], r["cipher"], r["direct"], gw, ratio, r["goal"],
+                      r["cpu"], ok])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+    text = "\n".join(out)
+    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 pairs, smaller sizes (~2 min)")
+    ap.add_argument("--only", action="append", choices=NAMES, help="run only this (repeatable)")
+    ap.add_argument("--pairs", type=int, help="override the number of A/B pairs")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the gateway during #1/#2/#3 instead of the benchmarks")
+    ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
+    ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
+    args = ap.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.pairs:
+        sizes.pairs = args.pairs
+    if args.pty_mb:
+        sizes.pty_mb = args.pty_mb
+    if args.bulk_mb:
+        sizes.bulk_mb = args.bulk_mb
+    only = args.only or list(NAMES)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    directory = Path(tempfile.mkdtemp(prefix="shellgate-bench-"))
+    rig: Rig | None = None
+    started = time.monotonic()
+    try:
+        need_gw = args.profile or any(n in only for n in ("pty", "bulk", "echo", "setup"))
+        variants = ["default"]
+        if not args.profile and ("pty" in only or "echo" in only):
+            variants = list(VARIANTS)
+        if need_gw:
+            rig = start_rig(directory, sizes, variants, sizes.cold_runs)
+        else:
+            rig = Rig(directory, sizes, TargetSshd(directory / "sshd"), {},
+                      directory / "t", directory / "b")
+        if args.profile:
+            bench_profile(rig)
+            return 0
+        steps = {"pty": bench_pty, "bulk": bench_bulk, "echo": bench_echo,
+                 "setup": bench_setup, "store": bench_store}
+        for name in NAMES:
+            if name in only:
+                t0 = time.monotonic()
+                print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+                steps[name](rig)
+                print(f"[bench] {name} done in {time.monotonic() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+        print()
+        table = print_table(rig.rows)
+        info = machine()
+        print(f"\nmachine: {info['nproc']} x {info['cpu_model']}, Python {info['python']}, "
+              f"asyncssh {info['asyncssh']}, {info['openssh']}; "
+              f"{sizes.pairs} pairs; {time.monotonic() - started:.0f} s")
+        partial = args.quick or args.only is not None or args.pairs is not None
+        out = args.out or RESULTS / ("latest-quick.json" if partial else "latest.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mode": "quick" if args.quick else "full",
+            "only": args.only,
+            "pairs": sizes.pairs,
+            "sizes": sizes.__dict__,
+            "machine": info,
+            "gateway_config": "shipped defaults ([recording] enabled, input=redacted, "
+            "commands on); variants for #5: " + ", ".join(f"{k}: {v or 'default'}"
+                                                          for k, v in VARIANTS.items()),
+            "table": rig.rows,
+            "table_markdown": table,
+            "results": rig.results,
+            "seconds": round(time.monotonic() - started, 1),
+        }, indent=1, default=str) + "\n")
+        print(f"wrote {out}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        stop_rig(rig)
+        leaked = procs.kill_all()
+        if leaked:
+            print("killed leftover processes: " + ", ".join(leaked), file=sys.stderr)
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"kept {directory}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
