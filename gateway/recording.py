@@ -143,12 +143,21 @@ class SessionRecording:
     def _write(self, data: bytes) -> None:
         if self._fd is None:
             return
+        written = 0
         try:
             view = memoryview(data)
             while view:
                 n = os.write(self._fd, view)
+                written += n
                 view = view[n:]
         except OSError as e:
+            if written:
+                # A short write (disk full) left a torn line: cut it, so every
+                # line on disk stays complete and the cast stays valid.
+                try:
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+                except OSError:
+                    pass
             self._failed(e)
 
     def _failed(self, e: OSError) -> None:
