@@ -333,7 +333,11 @@ class ControlServer:
                 }
             return {"ok": True}
         if op == "list":
-            return {"ok": True, "connections": [live_row(lv) for lv in self.gateway.registry]}
+            return {
+                "ok": True,
+                "connections": [live_row(lv) for lv in self.gateway.registry],
+                "tasks": len(asyncio.all_tasks()),  # for leak drills (tests/e2e/test_drills.py)
+            }
         raise ControlError(f"unknown control operation {op!r}")
 
 
