@@ -18,6 +18,7 @@ import structlog
 
 from config.loader import load_config, parse_authorized_key
 from config.models import GatewayConfig, OnFailure
+from gateway import sshtune
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
 from gateway.recording import RecordingError, Recordings, SessionRecording, repair_cast
@@ -94,6 +95,7 @@ class Gateway:
         self.pool = TargetPool(
             connect_timeout=config.gateway.connect_timeout,
             default_max_channels=config.gateway.max_channels_per_target,
+            ciphers=config.gateway.ciphers,
         )
         self.recordings = Recordings(self)
         self.unauthenticated = 0
@@ -112,6 +114,7 @@ class Gateway:
         return int(self.listener.get_port())
 
     async def start(self) -> None:
+        sshtune.install()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / "recordings").mkdir(exist_ok=True, mode=0o700)
         await self.store.open()

@@ -254,8 +254,18 @@ class Recordings:
         shell = live.kind is ConnectionKind.SHELL
         extractor = CommandExtractor(cols, rows) if shell and cfg.commands else None
         screen = ScreenModel(cols, rows) if shell and pty is not None else None
+        # The header is written here, not through SessionRecording._write: a
+        # failure now (disk full) is a recording that could not be created,
+        # refused (or continued unrecorded) before the connection exists.
+        try:
+            view = memoryview(writer.header())
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         rec = SessionRecording(self, live, path, fd, writer, extractor, screen, cfg.input)
-        rec._write(writer.header())
         if cmd is not None and cfg.commands:
             rec.emit_command(cmd)
         self._open.add(rec)
@@ -310,8 +320,16 @@ def repair_cast(path: Path, marker: str) -> bool:
             f.truncate(keep)
             f.seek(0)
             v3 = b'"version":3' in f.readline().replace(b" ", b"")
-            f.seek(max(0, keep - 65536))
-            lines = f.read().splitlines()
+            # Back up far enough to hold the whole last line (an "o" event can
+            # be longer than 64 KiB; a fragment would give the marker time 0).
+            back = 65536
+            while True:
+                f.seek(max(0, keep - back))
+                chunk = f.read(keep - max(0, keep - back))
+                if back >= keep or b"\n" in chunk[:-1]:
+                    break
+                back *= 4
+            lines = chunk.splitlines()
             last_t = 0.0
             if not v3 and lines and lines[-1].startswith(b"["):
                 try:

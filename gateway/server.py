@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,30 @@ SESSION_ENV = "SHELLGATE_SESSION"
 
 def fingerprint(key: asyncssh.SSHKey) -> str:
     return key.get_fingerprint("sha256")
+
+
+class AuthFailures:
+    """Recent authentication failures per client IP, to slow down guessing:
+    each failure from an address waits ``0.1s * failures`` (at most 2s) before
+    the refusal. Entries forget after ``window`` seconds; the table is bounded."""
+
+    def __init__(self, window: float = 60.0, max_addrs: int = 10_000) -> None:
+        self.window = window
+        self.max_addrs = max_addrs
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def record(self, addr: str) -> float:
+        """Count one failure from ``addr``; return the delay to impose."""
+        now = time.monotonic()
+        count, last = self._seen.pop(addr, (0, now))
+        count = 1 if now - last > self.window else count + 1
+        if len(self._seen) >= self.max_addrs:
+            self._seen.pop(next(iter(self._seen)))  # oldest first (insertion order)
+        self._seen[addr] = (count, now)
+        return min(2.0, 0.1 * count)
+
+
+AUTH_FAILURES = AuthFailures()
 
 
 class GatewayServer(asyncssh.SSHServer):
@@ -87,7 +112,7 @@ class GatewayServer(asyncssh.SSHServer):
     def kbdint_auth_supported(self) -> bool:
         return False
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         name = self.gateway.key_owner.get(key.public_data)
         if name is None:
             self.gateway.store.emit(
@@ -101,6 +126,8 @@ class GatewayServer(asyncssh.SSHServer):
             log.info(
                 "auth refused", client_addr=self.client_addr, login=username, key=fingerprint(key)
             )
+            # Slow down guessing from one address (asyncssh awaits this).
+            await asyncio.sleep(AUTH_FAILURES.record(self.client_addr.rpartition(":")[0]))
             return False
         self.user = self.gateway.config.user(name)
         return True
@@ -381,9 +408,18 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
             return
         try:
             conn, slot = await gw.pool.acquire(target, login)
-            pty = live.pty
-            chan, session = await conn.create_session(
-                lambda: TargetSession(live),
+        except TargetError as e:
+            reason = CloseReason.TARGET_UNTRUSTED if e.untrusted else CloseReason.TARGET_UNREACHABLE
+            live.close(reason, SYSTEM, str(e), tell_client=False)
+            self.kick(f"shellgate: {e}", 1)
+            return
+        pty = live.pty
+        try:
+            # TargetSession.session_started attaches this client before the
+            # target's first byte is delivered, so nothing is lost to a fast
+            # command that prints and exits at once.
+            await conn.create_session(
+                lambda: TargetSession(live, opener=self, release=lambda: gw.pool.release(slot)),
                 self.command,
                 env=dict(live.env),  # type: ignore[arg-type]  # str keys are accepted
                 request_pty=pty is not None,
@@ -392,31 +428,14 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
                 term_modes=pty.modes if pty else None,
                 encoding=None,
             )
-        except TargetError as e:
-            reason = CloseReason.TARGET_UNTRUSTED if e.untrusted else CloseReason.TARGET_UNREACHABLE
-            live.close(reason, SYSTEM, str(e), tell_client=False)
-            self.kick(f"shellgate: {e}", 1)
-            return
         except (OSError, asyncssh.Error) as e:
-            live.close(
-                CloseReason.TARGET_UNREACHABLE,
-                SYSTEM,
-                f"target {target.name} refused the session: {e}",
-                tell_client=False,
-            )
-            self.kick(f"shellgate: target {target.name} refused the session: {e}", 1)
-            if "slot" in locals():
-                gw.pool.release(slot)
+            gw.pool.release(slot)
+            why = f"target {target.name} refused the session: {e}"
+            live.close(CloseReason.TARGET_UNREACHABLE, SYSTEM, why, tell_client=False)
+            self.kick(f"shellgate: {why}", 1)
             return
-        live.target_started(chan, lambda: gw.pool.release(slot))
-        if self.finished or live.closed:
-            if not live.closed:
-                live.close(
-                    CloseReason.USER_CLOSED, user.name, "client went away before the shell started"
-                )
-            return
-        live.attach(self, redraw=False)
-        self.start_reading()
+        if live.client is self:
+            self.start_reading()
 
     async def _relay_transfer(self, user: User, target: Target, login: str) -> None:
         """sftp and scp: relayed byte for byte, not recorded; an audit entry instead."""
@@ -460,16 +479,35 @@ class TargetSession(asyncssh.SSHClientSession[bytes]):
     """The target side of a channel: bytes and lifecycle back to the live connection."""
 
     def __init__(
-        self, live: LiveConnection | None, transfer_client: ClientSession | None = None
+        self,
+        live: LiveConnection | None,
+        transfer_client: ClientSession | None = None,
+        *,
+        opener: ClientSession | None = None,
+        release: Any = None,
     ) -> None:
         self.live = live
         self.transfer_client = transfer_client
+        self.opener = opener
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.release: Any = None
+        self.release: Any = release
         self._exit: tuple[str, Any] | None = None
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
+
+    def session_started(self) -> None:
+        live, client = self.live, self.opener
+        if live is None or client is None or self.chan is None:
+            return
+        release, self.release = self.release, None
+        live.target_started(self.chan, release)
+        if client.finished:
+            live.close(
+                CloseReason.USER_CLOSED, client.user, "client went away before the shell started"
+            )
+        else:
+            live.attach(client, redraw=False)
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self.live is not None:
