@@ -381,3 +381,21 @@ def test_disk_full_mid_session_closes_with_error(
     os.unlink(small_recordings_fs / "filler")
     # What reached the disk is still a valid cast.
     validate_cast(conn["cast_path"])
+
+
+async def test_disk_full_before_connection_refuses_it(
+    gateway: GatewayProcess, small_recordings_fs: Path
+) -> None:
+    with open(small_recordings_fs / "filler", "wb", buffering=0) as f:
+        for size in (4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+    r = await gateway.to("web1").ssh("echo must-not-run", timeout=20)
+    assert r.returncode == 1, r
+    assert b"must-not-run" not in r.stdout
+    line = r.stderr.decode().strip("\n")
+    assert line.startswith("shellgate: recording") and "\n" not in line, r.stderr
+    assert "No space left on device" in line
+    conn = closed_connection(gateway)
+    assert (conn["reason"], conn["closed_by"]) == ("error", "system")
