@@ -96,6 +96,7 @@ class Gateway:
             connect_timeout=config.gateway.connect_timeout,
             default_max_channels=config.gateway.max_channels_per_target,
             ciphers=config.gateway.ciphers,
+            macs=config.gateway.macs,
         )
         self.recordings = Recordings(self)
         self.unauthenticated = 0
@@ -138,6 +139,7 @@ class Gateway:
             allow_scp=False,
             login_timeout=g.login_grace_time or None,
             encryption_algs=g.ciphers,
+            mac_algs=g.macs,
             keepalive_interval=60,
             keepalive_count_max=3,
             agent_forwarding=False,

@@ -47,10 +47,16 @@ class TargetPool:
     """Hands out target connections with a free channel slot."""
 
     def __init__(
-        self, *, connect_timeout: float, default_max_channels: int, ciphers: list[str]
+        self,
+        *,
+        connect_timeout: float,
+        default_max_channels: int,
+        ciphers: list[str],
+        macs: list[str],
     ) -> None:
         self._connect_timeout = connect_timeout
         self._ciphers = ciphers
+        self._macs = macs
         self._default_max = default_max_channels
         self._pools: dict[tuple[str, str], list[_Pooled]] = {}
         self._dialing: dict[tuple[str, str], asyncio.Lock] = {}
@@ -111,6 +117,7 @@ class TargetPool:
                     # Our preference decides this leg: aes-gcm costs far less
                     # CPU per byte than asyncssh's default chacha20 (bench/).
                     encryption_algs=self._ciphers,
+                    mac_algs=self._macs,
                     keepalive_interval=30,
                     keepalive_count_max=3,
                 ),
