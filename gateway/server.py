@@ -72,7 +72,6 @@ class GatewayServer(asyncssh.SSHServer):
         self.user: User | None = None
         self.login = ""
         self.client_addr = ""
-        self._auth_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn

@@ -232,14 +232,6 @@ async def test_drill_crash_kill9_during_heavy_output(
     await drill_crash(make_gateway, target_sshd, sessions=4, seconds=2.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="event-loop starvation: while 2 pty sessions loop `echo` and 2 exec sessions run "
-    "`yes` at full speed, the daemon sends no SSH banner to a new TCP connection for >10 s "
-    "and its 0.2 s recording flush timer does not fire (casts stop growing), so a crash "
-    "loses far more than one flush interval. Seen with uvloop (default loop: banner after "
-    "0.4-5 s). Needs bounded relay work per loop turn (pty output feeds pyte on the hot path)",
-)
 async def test_drill_newcomer_served_under_heavy_output(
     make_gateway: MakeGateway, target_sshd: TargetSshd
 ) -> None:
@@ -262,7 +254,14 @@ async def test_drill_newcomer_served_under_heavy_output(
         finally:
             writer.close()
         assert banner.startswith(b"SSH-2.0-"), banner
-        assert all(c.stat().st_size > s for c, s in zip(casts, sizes, strict=True)), "no flush"
+        # Flushes keep happening under load: every cast grows within a few
+        # flush intervals (0.2 s each).
+        # (Polled: this test's own Python client decrypts all four streams and
+        # may leave one stalled by backpressure for a moment.)
+        await wait_for(
+            lambda: all(c.stat().st_size > s for c, s in zip(casts, sizes, strict=True)),
+            timeout=5, message="every cast to grow (flushes under load)",
+        )
     finally:
         for conn in conns:
             conn.close()
@@ -680,7 +679,9 @@ async def test_drill_disk_full(
                     proc.stdin.write(b"exit\n")
                     await asyncio.wait_for(proc.wait_closed(), 10)
             row = await wait_for(
-                lambda: [c for c in connections(gw) if c["state"] == "closed" and c["bytes_out"] > 1e6],
+                # The big session: the only one that outgrew the 256 KiB tmpfs.
+                lambda: [c for c in connections(gw) if c["state"] == "closed"
+                         and c["bytes_out"] > 200_000],
                 message="the big connection closed",
             )
             row = row[0]
@@ -694,8 +695,12 @@ async def test_drill_disk_full(
             else:
                 assert text in bytes(out)
                 assert row["reason"] == "client_exit", row
+            # Valid up to its last complete line. With on_failure=close the
+            # first flush may not have fit at all, so no output event is required.
             events = valid_prefix(row["cast_path"])
-            assert events and events[0][1] == "o"
+            assert all(code in "oimr" for _, code, _ in events)
+            if on_failure == "continue":
+                assert events and events[0][1] == "o"
             audit = [a for a in gw.cli_json("audit") if a["action"] == "recording_failed"]
             assert audit and audit[0]["connection_id"] == row["id"], audit
             # the store keeps working: a new connection is recorded (refused

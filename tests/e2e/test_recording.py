@@ -246,7 +246,9 @@ def test_keys_typed_in_vim_are_not_commands(
     term = shell_in_tmux(tmux, gateway)
     conn = connection_of(gateway)
     term.send_line(f"{vim} -u NONE -N edited.txt")
-    term.wait_for("edited.txt")
+    # vim's own status line, not the echo of the command: typing before the
+    # program has switched screens is type-ahead that the shell prompt owns.
+    term.wait_for('"edited.txt" [New]')
     term.send_text("ihello from vim")
     term.send_keys("Enter")
     term.send_text("echo not-a-command")
