@@ -178,7 +178,10 @@ class StreamResult:
 
 
 def run_stream(
-    args: list[str], *, stdin_path: Path | None = None, payload: int | None = None,
+    args: list[str],
+    *,
+    stdin_path: Path | None = None,
+    payload: int | None = None,
     timeout: float = 300.0,
 ) -> StreamResult:
     """Run an OpenSSH client, read its stdout here, and time first byte -> EOF
@@ -187,7 +190,11 @@ def run_stream(
     stdin: Any = open(stdin_path, "rb") if stdin_path else subprocess.PIPE  # noqa: SIM115
     err = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
     p = subprocess.Popen(
-        args, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=clean_env(),
+        args,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env=clean_env(),
         start_new_session=True,
     )
     tracked = procs.register(p.pid, "bench ssh client", p)
@@ -284,7 +291,9 @@ def start_rig(directory: Path, sizes: Sizes, variants: list[str], cold: int) -> 
     gateways: dict[str, GatewayProcess] = {}
     for v in variants:
         gw = GatewayProcess.create(
-            directory / f"gw-{v}", targets, users=(("alice", ("admin",)),),
+            directory / f"gw-{v}",
+            targets,
+            users=(("alice", ("admin",)),),
             recording_toml=VARIANTS[v],
         )
         # GatewayProcess.write_config writes one [[targets]] per dict entry
@@ -324,7 +333,7 @@ def bench_pty(rig: Rig) -> None:
         nbytes = 0
         for i in range(s.pairs):
             order = ["direct", *variants]
-            for arm in order[i % len(order):] + order[: i % len(order)]:
+            for arm in order[i % len(order) :] + order[: i % len(order)]:
                 client = rig.direct() if arm == "direct" else rig.via(arm)
                 args = client.with_options(*opts).ssh_args(cmd, tty=True)
                 c0 = cpu_seconds(rig.gw_pid(arm)) if arm != "direct" else 0.0
@@ -398,7 +407,8 @@ def bench_bulk(rig: Rig) -> None:
                     else:
                         r = run_stream(
                             client.ssh_args("echo go; cat > /dev/null; echo end", tty=False),
-                            stdin_path=rig.bin_file, payload=payload,
+                            stdin_path=rig.bin_file,
+                            payload=payload,
                         )
                     if arm != "direct":
                         cpu[arm].append(cpu_seconds(rig.gw_pid()) - c0)
@@ -439,8 +449,14 @@ async def _echo_session(
     port: int, username: str, key: Path
 ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientChannel[bytes], _Echo]:
     conn = await asyncssh.connect(
-        "127.0.0.1", port, username=username, client_keys=[str(key)], known_hosts=None,
-        config=None, agent_path=None, preferred_auth="publickey",
+        "127.0.0.1",
+        port,
+        username=username,
+        client_keys=[str(key)],
+        known_hosts=None,
+        config=None,
+        agent_path=None,
+        preferred_auth="publickey",
     )
     chan, sess = await conn.create_session(
         _Echo, term_type="xterm", term_size=(80, 24), encoding=None
@@ -486,7 +502,7 @@ async def _echo_async(rig: Rig) -> dict[str, Any]:
     letters = b"abcdefghijklmnopqrstuvwxyz"
     for i in range(n):
         byte = letters[i % 26 : i % 26 + 1]
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         for a in order:
             samples[a].append(await _one_key(arms[a][1], arms[a][2], byte))
     cpu1 = {v: cpu_seconds(rig.gw_pid(v)) for v in rig.gateways}
@@ -535,8 +551,7 @@ def bench_echo(rig: Rig) -> None:
             goal="added p50 <= 250, p99 <= 1000 us" if v == "default" else "",
             cpu=f"{r['cpu_s_per_1000_keys']:.3f} s/1k keys",
             extra=f"added p50 {r['added_p50_us']:.0f} us, p99 {r['added_p99_us']:.0f} us",
-            ok=(r["added_p50_us"] <= 250 and r["added_p99_us"] <= 1000)
-            if v == "default" else None,
+            ok=(r["added_p50_us"] <= 250 and r["added_p99_us"] <= 1000) if v == "default" else None,
         )
 
 
@@ -560,7 +575,7 @@ def bench_setup(rig: Rig) -> None:
     pooled: list[float] = []
     cpu: list[float] = []
     for i in range(s.setup_runs):
-        for arm in (("direct", "gw") if i % 2 == 0 else ("gw", "direct")):
+        for arm in ("direct", "gw") if i % 2 == 0 else ("gw", "direct"):
             if arm == "direct":
                 direct.append(run_wall(rig.direct().ssh_args("true")))
             else:
@@ -653,8 +668,17 @@ async def _store_async(directory: Path, sizes: Sizes) -> dict[str, Any]:
             conn.executemany(
                 "INSERT INTO commands (time, connection_id, user_name, target, target_user,"
                 " command) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), r.connection_id, r.user, r.target,
-                  r.target_user, r.command) for r in bs.commands(min(chunk, total - start), start)],
+                [
+                    (
+                        r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        r.connection_id,
+                        r.user,
+                        r.target,
+                        r.target_user,
+                        r.command,
+                    )
+                    for r in bs.commands(min(chunk, total - start), start)
+                ],
             )
     since = bs.T0 + timedelta(seconds=total - 50_000)
     times = []
@@ -670,8 +694,19 @@ async def _store_async(directory: Path, sizes: Sizes) -> dict[str, Any]:
     out["query_inprocess_ms"] = median(times) * 1000  # type: ignore[operator]
     cfg = qdir / "shellgate.toml"
     cfg.write_text(f'[gateway]\ndata_dir = "{qdir}"\n')
-    cli = [sys.executable, "-m", "gateway.cli", "commands", "--user", "user042",
-           "--since", since.isoformat(), "--config", str(cfg), "--json"]
+    cli = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "commands",
+        "--user",
+        "user042",
+        "--since",
+        since.isoformat(),
+        "--config",
+        str(cfg),
+        "--json",
+    ]
     baseline = [sys.executable, "-c", "import gateway.cli"]
     cli_times, base_times = [], []
     for _ in range(5):
@@ -694,21 +729,36 @@ def bench_store(rig: Rig) -> None:
     res = _run_async(_store_async(d, rig.sizes))
     rig.results["store"] = res
     rig.row(
-        n="6", bench=f"store writer, {res['writer_connection_events_n']:,} connection events",
-        cipher="", direct="", gateway=f"{res['writer_connection_events_per_s']:,.0f} ev/s",
-        ratio=None, goal=">= 50k ev/s", cpu="",
+        n="6",
+        bench=f"store writer, {res['writer_connection_events_n']:,} connection events",
+        cipher="",
+        direct="",
+        gateway=f"{res['writer_connection_events_per_s']:,.0f} ev/s",
+        ratio=None,
+        goal=">= 50k ev/s",
+        cpu="",
         ok=res["writer_connection_events_per_s"] >= 50_000,
     )
     rig.row(
-        n="6", bench=f"store writer, {res['writer_commands_n']:,} commands",
-        cipher="", direct="", gateway=f"{res['writer_commands_per_s']:,.0f} ev/s",
-        ratio=None, goal=">= 50k ev/s", cpu="", ok=res["writer_commands_per_s"] >= 50_000,
+        n="6",
+        bench=f"store writer, {res['writer_commands_n']:,} commands",
+        cipher="",
+        direct="",
+        gateway=f"{res['writer_commands_per_s']:,.0f} ev/s",
+        ratio=None,
+        goal=">= 50k ev/s",
+        cpu="",
+        ok=res["writer_commands_per_s"] >= 50_000,
     )
     rig.row(
-        n="6", bench=f"commands --user --since over {res['rows']:,} rows",
-        cipher="", direct="",
+        n="6",
+        bench=f"commands --user --since over {res['rows']:,} rows",
+        cipher="",
+        direct="",
         gateway=f"{res['query_inprocess_ms']:.1f} ms query; CLI {res['cli_wall_ms']:.0f} ms",
-        ratio=None, goal="< 100 ms", cpu="",
+        ratio=None,
+        goal="< 100 ms",
+        cpu="",
         extra=f"{res['query_rows_returned']} rows; CLI wall incl. interpreter "
         f"(bare `import gateway.cli` {res['cli_import_only_ms']:.0f} ms)",
         ok=res["query_inprocess_ms"] < 100,
@@ -731,21 +781,47 @@ def bench_profile(rig: Rig) -> None:
         make_binary_file(rig.bin_file, rig.sizes.bulk_mb)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cases: dict[str, Callable[[], None]] = {
-        "pty-chacha": lambda: [run_stream(rig.via().ssh_args(f"cat {rig.text_file}", tty=True))
-                               for _ in range(2)] and None,
-        "pty-aesgcm": lambda: [run_stream(rig.via().with_options(f"Ciphers={AES}").ssh_args(
-            f"cat {rig.text_file}", tty=True)) for _ in range(2)] and None,
-        "exec-download-chacha": lambda: [run_stream(rig.via().ssh_args(
-            f"cat {rig.bin_file}", tty=False)) for _ in range(2)] and None,
+        "pty-chacha": lambda: (
+            [run_stream(rig.via().ssh_args(f"cat {rig.text_file}", tty=True)) for _ in range(2)]
+            and None
+        ),
+        "pty-aesgcm": lambda: (
+            [
+                run_stream(
+                    rig.via()
+                    .with_options(f"Ciphers={AES}")
+                    .ssh_args(f"cat {rig.text_file}", tty=True)
+                )
+                for _ in range(2)
+            ]
+            and None
+        ),
+        "exec-download-chacha": lambda: (
+            [run_stream(rig.via().ssh_args(f"cat {rig.bin_file}", tty=False)) for _ in range(2)]
+            and None
+        ),
         "echo": lambda: _run_async(_echo_async(rig)) and None,
     }
     summary: dict[str, Any] = {}
     for name, fn in cases.items():
         raw = RESULTS / f"profile-{name}.collapsed"
         p = subprocess.Popen(
-            [spy, "record", "-p", str(rig.gw_pid()), "-r", "250", "-f", "raw", "-o", str(raw),
-             "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            [
+                spy,
+                "record",
+                "-p",
+                str(rig.gw_pid()),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         tracked = procs.register(p.pid, "py-spy", p)
         time.sleep(1.0)
@@ -786,15 +862,20 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
             incl[f] = incl.get(f, 0) + n
 
     def norm(f: str) -> str:
-        return f.replace(str(ROOT) + "/", "").replace(str(Path(asyncssh.__file__).parent.parent)
-                                                      + "/", "")
+        return f.replace(str(ROOT) + "/", "").replace(
+            str(Path(asyncssh.__file__).parent.parent) + "/", ""
+        )
 
     return {
         "samples": total,
-        "self": [(norm(f), round(c / total * 100, 1))
-                 for f, c in sorted(self_c.items(), key=lambda kv: -kv[1])[:top]],
-        "inclusive": [(norm(f), round(c / total * 100, 1))
-                      for f, c in sorted(incl.items(), key=lambda kv: -kv[1])[: top * 2]],
+        "self": [
+            (norm(f), round(c / total * 100, 1))
+            for f, c in sorted(self_c.items(), key=lambda kv: -kv[1])[:top]
+        ],
+        "inclusive": [
+            (norm(f), round(c / total * 100, 1))
+            for f, c in sorted(incl.items(), key=lambda kv: -kv[1])[: top * 2]
+        ],
     }
 
 
@@ -817,8 +898,9 @@ def print_table(rows: list[dict[str, Any]]) -> str:
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
         ok = {True: "yes", False: "NO", None: ""}[r.get("ok")]
         gw = r["gateway"] + (f" ({r['extra']})" if r.get("extra") else "")
-        lines.append([r["n"], r["bench"], r["cipher"], r["direct"], gw, ratio, r["goal"],
-                      r["cpu"], ok])
+        lines.append(
+            [r["n"], r["bench"], r["cipher"], r["direct"], gw, ratio, r["goal"], r["cpu"], ok]
+        )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
     text = "\n".join(out)
@@ -827,13 +909,19 @@ def print_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="3 pairs, smaller sizes (~2 min)")
     ap.add_argument("--only", action="append", choices=NAMES, help="run only this (repeatable)")
     ap.add_argument("--pairs", type=int, help="override the number of A/B pairs")
-    ap.add_argument("--profile", action="store_true",
-                    help="py-spy the gateway during #1/#2/#3 instead of the benchmarks")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the gateway during #1/#2/#3 instead of the benchmarks",
+    )
     ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
     ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -863,44 +951,67 @@ def main(argv: list[str] | None = None) -> int:
         if need_gw:
             rig = start_rig(directory, sizes, variants, sizes.cold_runs)
         else:
-            rig = Rig(directory, sizes, TargetSshd(directory / "sshd"), {},
-                      directory / "t", directory / "b")
+            rig = Rig(
+                directory,
+                sizes,
+                TargetSshd(directory / "sshd"),
+                {},
+                directory / "t",
+                directory / "b",
+            )
         if args.profile:
             bench_profile(rig)
             return 0
-        steps = {"pty": bench_pty, "bulk": bench_bulk, "echo": bench_echo,
-                 "setup": bench_setup, "store": bench_store}
+        steps = {
+            "pty": bench_pty,
+            "bulk": bench_bulk,
+            "echo": bench_echo,
+            "setup": bench_setup,
+            "store": bench_store,
+        }
         for name in NAMES:
             if name in only:
                 t0 = time.monotonic()
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
                 steps[name](rig)
-                print(f"[bench] {name} done in {time.monotonic() - t0:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[bench] {name} done in {time.monotonic() - t0:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print()
         table = print_table(rig.rows)
         info = machine()
-        print(f"\nmachine: {info['nproc']} x {info['cpu_model']}, Python {info['python']}, "
-              f"asyncssh {info['asyncssh']}, {info['openssh']}; "
-              f"{sizes.pairs} pairs; {time.monotonic() - started:.0f} s")
+        print(
+            f"\nmachine: {info['nproc']} x {info['cpu_model']}, Python {info['python']}, "
+            f"asyncssh {info['asyncssh']}, {info['openssh']}; "
+            f"{sizes.pairs} pairs; {time.monotonic() - started:.0f} s"
+        )
         partial = args.quick or args.only is not None or args.pairs is not None
         out = args.out or RESULTS / ("latest-quick.json" if partial else "latest.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "mode": "quick" if args.quick else "full",
-            "only": args.only,
-            "pairs": sizes.pairs,
-            "sizes": sizes.__dict__,
-            "machine": info,
-            "gateway_config": "shipped defaults ([recording] enabled, input=redacted, "
-            "commands on); variants for #5: " + ", ".join(f"{k}: {v or 'default'}"
-                                                          for k, v in VARIANTS.items()),
-            "table": rig.rows,
-            "table_markdown": table,
-            "results": rig.results,
-            "seconds": round(time.monotonic() - started, 1),
-        }, indent=1, default=str) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "mode": "quick" if args.quick else "full",
+                    "only": args.only,
+                    "pairs": sizes.pairs,
+                    "sizes": sizes.__dict__,
+                    "machine": info,
+                    "gateway_config": "shipped defaults ([recording] enabled, input=redacted, "
+                    "commands on); variants for #5: "
+                    + ", ".join(f"{k}: {v or 'default'}" for k, v in VARIANTS.items()),
+                    "table": rig.rows,
+                    "table_markdown": table,
+                    "results": rig.results,
+                    "seconds": round(time.monotonic() - started, 1),
+                },
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
         print(f"wrote {out}")
         return 0
     except KeyboardInterrupt:

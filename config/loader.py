@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 from config.models import GatewayConfig
 
@@ -66,6 +68,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
 def parse_authorized_key(line: str) -> asyncssh.SSHKey | None:
     """The public key on an authorized_keys line (options before it allowed), or None."""
+    import asyncssh  # lazily: the query commands never need it
+
     parts = line.split()
     # Options may hold quoted spaces, so try each word as the start of the key.
     for i in range(len(parts) - 1):
@@ -78,6 +82,8 @@ def parse_authorized_key(line: str) -> asyncssh.SSHKey | None:
 
 def _file_checks(cfg: GatewayConfig) -> list[str]:
     """What pydantic cannot see: files that must be readable, keys that must parse."""
+    import asyncssh  # lazily: the query commands never need it
+
     problems: list[str] = []
     owner_of_key: dict[bytes, str] = {}
     for i, u in enumerate(cfg.users):
@@ -137,8 +143,12 @@ def _file_checks(cfg: GatewayConfig) -> list[str]:
     return problems
 
 
-def parse_config(data: dict[str, Any], source: str = EMBEDDED) -> GatewayConfig:
-    """Validate a config mapping (environment overrides applied). Raises ConfigError."""
+def parse_config(
+    data: dict[str, Any], source: str = EMBEDDED, *, check_files: bool = True
+) -> GatewayConfig:
+    """Validate a config mapping (environment overrides applied). Raises ConfigError.
+    ``check_files=False`` skips reading keys and identity files: the store
+    queries need only ``data_dir``, and an auditor may not read the keys."""
     try:
         cfg = GatewayConfig(**data)
     except ValidationError as e:
@@ -153,16 +163,18 @@ def parse_config(data: dict[str, Any], source: str = EMBEDDED) -> GatewayConfig:
             else:
                 problems.append(f"{source}: {where}: {msg}")
         raise ConfigError(problems) from None
-    problems = [f"{source}: {p}" for p in _file_checks(cfg)]
+    problems = [f"{source}: {p}" for p in _file_checks(cfg)] if check_files else []
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def load_config(path: str | os.PathLike[str] | None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str] | None, *, check_files: bool = True
+) -> GatewayConfig:
     """The config at ``path``, or the embedded default when ``path`` is None."""
     if path is None:
-        return parse_config({}, EMBEDDED)
+        return parse_config({}, EMBEDDED, check_files=check_files)
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -175,4 +187,4 @@ def load_config(path: str | os.PathLike[str] | None) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{p}: TOML syntax: {e}"]) from None
     _resolve_paths(data, p.resolve().parent)
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), check_files=check_files)

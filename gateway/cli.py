@@ -20,9 +20,9 @@ from config.loader import ConfigError, load_config
 from config.models import GatewayConfig
 
 
-def _config_or_exit(path: str | None) -> GatewayConfig:
+def _config_or_exit(path: str | None, *, check_files: bool = True) -> GatewayConfig:
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigError as e:
         for line in e.problems:
             print(line, file=sys.stderr)
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the query commands arrive with the store
         pass
     else:
-        add_query_commands(sub, lambda path: _config_or_exit(path))
+        # Queries read only the store: no key files needed to run them.
+        add_query_commands(sub, lambda path: _config_or_exit(path, check_files=False))
     return parser
 
 

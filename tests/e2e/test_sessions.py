@@ -354,8 +354,15 @@ def _paramiko_round(port: int, key: Path, name: str, script: bytes, pty: bool) -
 
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect("127.0.0.1", port=port, username="root@web1", key_filename=str(key),
-                   look_for_keys=False, allow_agent=False, timeout=10)
+    client.connect(
+        "127.0.0.1",
+        port=port,
+        username="root@web1",
+        key_filename=str(key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
     try:
         chan = client.get_transport().open_session()  # type: ignore[union-attr]
         chan.set_environment_variable("SHELLGATE_SESSION", name)

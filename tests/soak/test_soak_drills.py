@@ -29,9 +29,7 @@ async def test_soak_load_200_sessions(
 
 
 async def test_soak_hostile_1000(make_gateway: MakeGateway, target_sshd: TargetSshd) -> None:
-    await drill_hostile_flood(
-        make_gateway, target_sshd, 1000, concurrency=50, rss_slack_kib=30_000
-    )
+    await drill_hostile_flood(make_gateway, target_sshd, 1000, concurrency=50, rss_slack_kib=30_000)
 
 
 async def test_soak_leaks_10000_sessions(

@@ -41,24 +41,39 @@ def connection_events(n: int) -> list[AnyEvent]:
     out: list[AnyEvent] = []
     for i in range(n // 4):
         cid = new_id()
-        who = {"connection_id": cid, "user": USERS[i % 100], "target": f"web{i % 20}",
-               "target_user": "deploy", "client_addr": "192.0.2.7:50522"}
+        who = {
+            "connection_id": cid,
+            "user": USERS[i % 100],
+            "target": f"web{i % 20}",
+            "target_user": "deploy",
+            "client_addr": "192.0.2.7:50522",
+        }
         t = T0 + timedelta(seconds=4 * i)
         out += [
             OpenEvent(time=t, **who),
             ConnectedEvent(time=t + timedelta(seconds=1), **who),
             DisconnectedEvent(time=t + timedelta(seconds=2), **who),
-            ClosedEvent(time=t + timedelta(seconds=3), reason=CloseReason.CLIENT_EXIT,
-                        closed_by=who["user"], message="exit status 0", **who),
+            ClosedEvent(
+                time=t + timedelta(seconds=3),
+                reason=CloseReason.CLIENT_EXIT,
+                closed_by=who["user"],
+                message="exit status 0",
+                **who,
+            ),
         ]
     return out
 
 
 def commands(n: int, start: int = 0) -> list[CommandRecord]:
     return [
-        CommandRecord(time=T0 + timedelta(seconds=i), connection_id=f"conn-{i // 50}",
-                      user=USERS[i % 100], target=f"web{i % 20}", target_user="deploy",
-                      command=f"tail -n 100 /var/log/app/{i}.log | grep ERROR")
+        CommandRecord(
+            time=T0 + timedelta(seconds=i),
+            connection_id=f"conn-{i // 50}",
+            user=USERS[i % 100],
+            target=f"web{i % 20}",
+            target_user="deploy",
+            command=f"tail -n 100 /var/log/app/{i}.log | grep ERROR",
+        )
         for i in range(start, start + n)
     ]
 
@@ -72,8 +87,10 @@ async def through_writer(path: Path, records: list, label: str) -> None:
     await store.flush()
     elapsed = time.perf_counter() - started
     await store.close()
-    print(f"writer: {len(records):>9,} {label:<18} {elapsed:6.2f} s  "
-          f"{len(records) / elapsed:>9,.0f} records/s")
+    print(
+        f"writer: {len(records):>9,} {label:<18} {elapsed:6.2f} s  "
+        f"{len(records) / elapsed:>9,.0f} records/s"
+    )
 
 
 async def query_bench(path: Path, total: int) -> None:
@@ -88,8 +105,17 @@ async def query_bench(path: Path, total: int) -> None:
             db.executemany(
                 "INSERT INTO commands (time, connection_id, user_name, target, target_user,"
                 " command) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), r.connection_id, r.user, r.target,
-                  r.target_user, r.command) for r in commands(chunk, start)],
+                [
+                    (
+                        r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        r.connection_id,
+                        r.user,
+                        r.target,
+                        r.target_user,
+                        r.command,
+                    )
+                    for r in commands(chunk, start)
+                ],
             )
     async with SqliteStore(path, readonly=True) as ro:
         since = T0 + timedelta(seconds=total - 50_000)  # the last 5% of the time span
@@ -110,7 +136,8 @@ async def query_bench(path: Path, total: int) -> None:
     with sqlite3.connect(path) as db:
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM commands WHERE user_name = ? AND time >= ?"
-            " ORDER BY time, seq", ("user042", "2025")
+            " ORDER BY time, seq",
+            ("user042", "2025"),
         ).fetchall()
     print("plan:", "; ".join(row[-1] for row in plan))
 

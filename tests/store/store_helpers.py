@@ -15,5 +15,10 @@ def at(seconds: float) -> datetime:
 
 def who(user: str = "alice", target: str = "web1", **extra: Any) -> dict[str, Any]:
     """The fields every connection event carries."""
-    return {"user": user, "target": target, "target_user": "deploy",
-            "client_addr": "192.0.2.7:50522", **extra}
+    return {
+        "user": user,
+        "target": target,
+        "target_user": "deploy",
+        "client_addr": "192.0.2.7:50522",
+        **extra,
+    }

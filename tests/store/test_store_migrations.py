@@ -75,8 +75,16 @@ async def test_upgrade_from_v1_keeps_data_and_adds_indexes(db_path: Path) -> Non
         assert [c.command for c in await s.commands(QueryFilter(user="alice"))] == ["ls"]
         s.emit(OpenEvent(connection_id="c2", time=at(1), **who()))
         s.emit(ConnectedEvent(connection_id="c2", time=at(2), **who()))
-        s.emit(CommandRecord(time=at(3), connection_id="c2", user="alice", target="web1",
-                             target_user="deploy", command="uptime"))
+        s.emit(
+            CommandRecord(
+                time=at(3),
+                connection_id="c2",
+                user="alice",
+                target="web1",
+                target_user="deploy",
+                command="uptime",
+            )
+        )
         await s.flush()
         assert [e.type for e in await s.events(QueryFilter())] == ["open", "connected"]
         assert [c.command for c in await s.commands(QueryFilter())] == ["ls", "uptime"]

@@ -29,19 +29,37 @@ EVENTS: list[AnyEvent] = [
     ConnectedEvent(connection_id="c1", time=at(1), **who()),
     OpenEvent(connection_id="c2", time=at(50), **who("bob", "web2")),
     ConnectedEvent(connection_id="c2", time=at(55), **who("bob", "web2")),
-    ClosedEvent(connection_id="c1", time=at(100), reason=CloseReason.CLIENT_EXIT,
-                closed_by="alice", message="exit status 3", bytes_in=12, bytes_out=3456,
-                **who()),
-    OpenEvent(connection_id="c3", time=at(200), kind=ConnectionKind.EXEC, name="build-42",
-              **who("alice", "web2")),
+    ClosedEvent(
+        connection_id="c1",
+        time=at(100),
+        reason=CloseReason.CLIENT_EXIT,
+        closed_by="alice",
+        message="exit status 3",
+        bytes_in=12,
+        bytes_out=3456,
+        **who(),
+    ),
+    OpenEvent(
+        connection_id="c3",
+        time=at(200),
+        kind=ConnectionKind.EXEC,
+        name="build-42",
+        **who("alice", "web2"),
+    ),
     ConnectedEvent(connection_id="c3", time=at(205), **who("alice", "web2")),
     DisconnectedEvent(connection_id="c3", time=at(220), **who("alice", "web2")),
 ]
 
 
 def _cmd(t: float, cid: str, user: str, target: str, command: str) -> CommandRecord:
-    return CommandRecord(time=at(t), connection_id=cid, user=user, target=target,
-                         target_user="deploy", command=command)
+    return CommandRecord(
+        time=at(t),
+        connection_id=cid,
+        user=user,
+        target=target,
+        target_user="deploy",
+        command=command,
+    )
 
 
 COMMANDS = [
@@ -51,12 +69,24 @@ COMMANDS = [
     _cmd(210, "c3", "alice", "web2", "make"),
 ]
 AUDIT = [
-    AuditEntry(time=at(5), actor="mallory", action="auth_failed", client_addr="203.0.113.9:4",
-               detail="publickey SHA256:abc"),
-    AuditEntry(time=at(70), actor="alice", action="close", detail="maintenance",
-               connection_id="c2", target="web2"),
-    AuditEntry(time=at(300), actor="bob", action="policy_denied", target="db1",
-               client_addr="192.0.2.8:1"),
+    AuditEntry(
+        time=at(5),
+        actor="mallory",
+        action="auth_failed",
+        client_addr="203.0.113.9:4",
+        detail="publickey SHA256:abc",
+    ),
+    AuditEntry(
+        time=at(70),
+        actor="alice",
+        action="close",
+        detail="maintenance",
+        connection_id="c2",
+        target="web2",
+    ),
+    AuditEntry(
+        time=at(300), actor="bob", action="policy_denied", target="db1", client_addr="192.0.2.8:1"
+    ),
 ]
 
 
@@ -85,10 +115,21 @@ async def test_connection_rows(filled: SqliteStore) -> None:
     assert list(rows) == ["c1", "c2", "c3"]
     c1, c2, c3 = rows["c1"], rows["c2"], rows["c3"]
     assert c1.model_dump() == {
-        "id": "c1", "user": "alice", "target": "web1", "target_user": "deploy",
-        "client_addr": "192.0.2.7:50522", "kind": "shell", "name": None, "state": "closed",
-        "opened_at": at(0), "closed_at": at(100), "reason": "client_exit",
-        "closed_by": "alice", "message": "exit status 3", "bytes_in": 12, "bytes_out": 3456,
+        "id": "c1",
+        "user": "alice",
+        "target": "web1",
+        "target_user": "deploy",
+        "client_addr": "192.0.2.7:50522",
+        "kind": "shell",
+        "name": None,
+        "state": "closed",
+        "opened_at": at(0),
+        "closed_at": at(100),
+        "reason": "client_exit",
+        "closed_by": "alice",
+        "message": "exit status 3",
+        "bytes_in": 12,
+        "bytes_out": 3456,
         "cast_path": "/rec/c1.cast",
     }
     assert (c2.state, c2.closed_at, c2.reason) == ("connected", None, None)
@@ -165,9 +206,7 @@ async def test_audit_filters(filled: SqliteStore, f: QueryFilter, expected: list
         (QueryFilter(limit=1), ["c3"]),
     ],
 )
-async def test_connection_filters(
-    filled: SqliteStore, f: QueryFilter, expected: list[str]
-) -> None:
+async def test_connection_filters(filled: SqliteStore, f: QueryFilter, expected: list[str]) -> None:
     assert [c.id for c in await filled.connections(f)] == expected
 
 
@@ -179,7 +218,10 @@ async def test_recover_crashed_closes_what_was_left_live(filled: SqliteStore) ->
         assert e.message == "gateway stopped uncleanly; found at start-up"
     c3 = closed[1]
     assert (c3.user, c3.target, c3.target_user, c3.client_addr) == (
-        "alice", "web2", "deploy", "192.0.2.7:50522",
+        "alice",
+        "web2",
+        "deploy",
+        "192.0.2.7:50522",
     )
     rows = {c.id: c for c in await filled.connections(QueryFilter())}
     assert {c.state for c in rows.values()} == {"closed"}
@@ -221,10 +263,20 @@ async def test_follow_from_another_connection(filled: SqliteStore, db_path: Path
     async with SqliteStore(db_path, readonly=True, poll_interval=0.02) as ro:
         new: list[AnyEvent] = [
             ConnectedEvent(connection_id="c3", time=at(400), **who("alice", "web2")),
-            ClosedEvent(connection_id="c2", time=at(401), reason=CloseReason.TARGET_LOST,
-                        closed_by="system", **who("bob", "web2")),
-            ClosedEvent(connection_id="c3", time=at(402), reason=CloseReason.USER_CLOSED,
-                        closed_by="alice", **who("alice", "web2")),
+            ClosedEvent(
+                connection_id="c2",
+                time=at(401),
+                reason=CloseReason.TARGET_LOST,
+                closed_by="system",
+                **who("bob", "web2"),
+            ),
+            ClosedEvent(
+                connection_id="c3",
+                time=at(402),
+                reason=CloseReason.USER_CLOSED,
+                closed_by="alice",
+                **who("alice", "web2"),
+            ),
         ]
         it = ro.follow_events(QueryFilter(limit=2))
         # the backlog (the newest two) comes first; after it the follow is live

@@ -34,18 +34,47 @@ Cli = Callable[..., Awaitable[tuple[int, str, str]]]
 EVIL = "echo \x1b]0;pwned\x07\x1b[2J\x9b31m \u202egnp.exe\nrm -rf /tmp/x\tdone"
 
 OPEN = OpenEvent(connection_id="c1", time=at(0), cast_path=None, **who())
-CLOSED = ClosedEvent(connection_id="c1", time=at(30), reason=CloseReason.ADMIN_CLOSED,
-                     closed_by="bob", message="closed by admin bob: \x1b[31mmaint", **who())
+CLOSED = ClosedEvent(
+    connection_id="c1",
+    time=at(30),
+    reason=CloseReason.ADMIN_CLOSED,
+    closed_by="bob",
+    message="closed by admin bob: \x1b[31mmaint",
+    **who(),
+)
 COMMANDS = [
-    CommandRecord(time=at(10), connection_id="c1", user="alice", target="web1",
-                  target_user="deploy", command="ls"),
-    CommandRecord(time=at(20), connection_id="c1", user="alice", target="web1",
-                  target_user="deploy", command=EVIL),
-    CommandRecord(time=at(25), connection_id="c2", user="bob", target="web2",
-                  target_user="root", command="uptime"),
+    CommandRecord(
+        time=at(10),
+        connection_id="c1",
+        user="alice",
+        target="web1",
+        target_user="deploy",
+        command="ls",
+    ),
+    CommandRecord(
+        time=at(20),
+        connection_id="c1",
+        user="alice",
+        target="web1",
+        target_user="deploy",
+        command=EVIL,
+    ),
+    CommandRecord(
+        time=at(25),
+        connection_id="c2",
+        user="bob",
+        target="web2",
+        target_user="root",
+        command="uptime",
+    ),
 ]
-AUDIT = AuditEntry(time=at(5), actor="mallory", action="auth_failed",
-                   client_addr="203.0.113.9:4", detail="publickey SHA256:abc")
+AUDIT = AuditEntry(
+    time=at(5),
+    actor="mallory",
+    action="auth_failed",
+    client_addr="203.0.113.9:4",
+    detail="publickey SHA256:abc",
+)
 
 
 @pytest.fixture
@@ -57,7 +86,11 @@ def data_dir(tmp_path: Path) -> Path:
 async def filled(data_dir: Path) -> None:
     async with SqliteStore(data_dir / "shellgate.db") as s:
         records: list[StoreRecord] = [
-            OPEN, ConnectedEvent(connection_id="c1", time=at(1), **who()), *COMMANDS, AUDIT, CLOSED,
+            OPEN,
+            ConnectedEvent(connection_id="c1", time=at(1), **who()),
+            *COMMANDS,
+            AUDIT,
+            CLOSED,
         ]
         for r in records:
             s.emit(r)
@@ -89,9 +122,15 @@ async def test_json_lines_round_trip(cli: Cli, filled: None) -> None:
     lines = out.splitlines()
     assert [CommandRecord.model_validate_json(line) for line in lines] == COMMANDS
     first = json.loads(lines[0])
-    assert first == {"type": "command", "time": "2025-03-01T12:00:10.000000Z",
-                     "connection_id": "c1", "user": "alice", "target": "web1",
-                     "target_user": "deploy", "command": "ls"}
+    assert first == {
+        "type": "command",
+        "time": "2025-03-01T12:00:10.000000Z",
+        "connection_id": "c1",
+        "user": "alice",
+        "target": "web1",
+        "target_user": "deploy",
+        "command": "ls",
+    }
 
     code, out, _ = await cli("audit", "--json")
     assert [AuditEntry.model_validate_json(line) for line in out.splitlines()] == [AUDIT]
@@ -104,8 +143,21 @@ async def test_json_lines_round_trip(cli: Cli, filled: None) -> None:
     code, out, _ = await cli("connections", "--json")
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert set(row) == {
-        "id", "user", "target", "target_user", "client_addr", "kind", "name", "state",
-        "opened_at", "closed_at", "reason", "closed_by", "message", "bytes_in", "bytes_out",
+        "id",
+        "user",
+        "target",
+        "target_user",
+        "client_addr",
+        "kind",
+        "name",
+        "state",
+        "opened_at",
+        "closed_at",
+        "reason",
+        "closed_by",
+        "message",
+        "bytes_in",
+        "bytes_out",
         "cast_path",
     }
     assert (row["state"], row["reason"], row["closed_by"]) == ("closed", "admin_closed", "bob")
@@ -170,8 +222,13 @@ async def test_a_bad_since_is_a_usage_error(cli: Cli) -> None:
 
 
 async def test_missing_store(cli: Cli, data_dir: Path) -> None:
-    for argv in (("connections",), ("events",), ("commands", "--json"), ("audit",),
-                 ("export", "c1")):
+    for argv in (
+        ("connections",),
+        ("events",),
+        ("commands", "--json"),
+        ("audit",),
+        ("export", "c1"),
+    ):
         code, out, err = await cli(*argv)
         assert (code, out) == (1, "")
         assert err == f"shellgate: no store at {data_dir / 'shellgate.db'} (has the gateway run?)\n"
@@ -216,11 +273,14 @@ async def test_export_uses_the_rows_cast_path(cli: Cli, data_dir: Path, tmp_path
     assert out.read_bytes() == b"cast\n"
 
 
-async def test_events_follow(cli: Cli, filled: None, data_dir: Path,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+async def test_events_follow(
+    cli: Cli, filled: None, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser(prog="shellgate")
-    add_query_commands(parser.add_subparsers(dest="command", required=True),
-                       lambda _: GatewayConfig.model_validate({"gateway": {"data_dir": data_dir}}))
+    add_query_commands(
+        parser.add_subparsers(dest="command", required=True),
+        lambda _: GatewayConfig.model_validate({"gateway": {"data_dir": data_dir}}),
+    )
     args = parser.parse_args(["events", "--follow", "--json", "--limit", "1"])
     capsys.readouterr()
     task = asyncio.ensure_future(args.func(args))

@@ -34,8 +34,14 @@ async def test_ten_thousand_events_in_ten_thousand_rows_out_in_order(db_path: Pa
             OpenEvent(connection_id=cid, time=at(4 * i), **who()),
             ConnectedEvent(connection_id=cid, time=at(4 * i + 1), **who()),
             DisconnectedEvent(connection_id=cid, time=at(4 * i + 2), **who()),
-            ClosedEvent(connection_id=cid, time=at(4 * i + 3), reason=CloseReason.CLIENT_EXIT,
-                        closed_by="alice", message="exit status 0", **who()),
+            ClosedEvent(
+                connection_id=cid,
+                time=at(4 * i + 3),
+                reason=CloseReason.CLIENT_EXIT,
+                closed_by="alice",
+                message="exit status 0",
+                **who(),
+            ),
         ]
     for e in sent:
         s.emit(e)
@@ -69,18 +75,35 @@ async def test_state_follows_the_last_event_across_batches(db_path: Path) -> Non
         await s.flush()
         assert (await s.connection("a")).state == "detached"  # type: ignore[union-attr]
         s.emit(ConnectedEvent(connection_id="a", time=at(3), **who()))
-        s.emit(ClosedEvent(connection_id="a", time=at(4), reason=CloseReason.ADMIN_CLOSED,
-                           closed_by="bob", message="closed by admin bob: maint",
-                           bytes_in=10, bytes_out=20, **who()))
+        s.emit(
+            ClosedEvent(
+                connection_id="a",
+                time=at(4),
+                reason=CloseReason.ADMIN_CLOSED,
+                closed_by="bob",
+                message="closed by admin bob: maint",
+                bytes_in=10,
+                bytes_out=20,
+                **who(),
+            )
+        )
         # a second close and a late attach must not change the record
-        s.emit(ClosedEvent(connection_id="a", time=at(5), reason=CloseReason.ERROR,
-                           closed_by="system", **who()))
+        s.emit(
+            ClosedEvent(
+                connection_id="a", time=at(5), reason=CloseReason.ERROR, closed_by="system", **who()
+            )
+        )
         s.emit(ConnectedEvent(connection_id="a", time=at(6), **who()))
         await s.flush()
         c = await s.connection("a")
         assert c is not None
         assert (c.state, c.reason, c.closed_by, c.closed_at, c.bytes_in, c.bytes_out) == (
-            "closed", "admin_closed", "bob", at(4), 10, 20,
+            "closed",
+            "admin_closed",
+            "bob",
+            at(4),
+            10,
+            20,
         )
         assert c.message == "closed by admin bob: maint"
         await s.close()
@@ -89,8 +112,14 @@ async def test_state_follows_the_last_event_across_batches(db_path: Path) -> Non
 async def test_writer_survives_bad_records(store: SqliteStore) -> None:
     good1 = OpenEvent(connection_id="a", time=at(0), **who())
     # an int sqlite cannot hold fails inside executemany, for the whole batch
-    too_big = ClosedEvent(connection_id="a", time=at(1), reason=CloseReason.ERROR,
-                          closed_by="system", bytes_in=2**70, **who())
+    too_big = ClosedEvent(
+        connection_id="a",
+        time=at(1),
+        reason=CloseReason.ERROR,
+        closed_by="system",
+        bytes_in=2**70,
+        **who(),
+    )
     # something that is not a record at all fails before the database
     not_a_record = {"type": "open"}
     # a model built without validation, with no usable time
@@ -139,8 +168,16 @@ async def test_admission_waits_for_the_backlog_to_drain(db_path: Path) -> None:
     other.execute("BEGIN IMMEDIATE")  # hold the writer up so the backlog builds
     try:
         for i in range(300):
-            s.emit(CommandRecord(time=at(i), connection_id="c", user="u", target="t",
-                                 target_user="l", command=f"echo {i}"))
+            s.emit(
+                CommandRecord(
+                    time=at(i),
+                    connection_id="c",
+                    user="u",
+                    target="t",
+                    target_user="l",
+                    command=f"echo {i}",
+                )
+            )
         assert s.backlog >= 100  # emit never blocked and dropped nothing
         admitted = asyncio.ensure_future(s.admission())
         await asyncio.sleep(0.1)
@@ -156,8 +193,11 @@ async def test_admission_waits_for_the_backlog_to_drain(db_path: Path) -> None:
 
 
 async def test_admission_is_immediate_below_the_mark(store: SqliteStore) -> None:
-    store.emit(CommandRecord(time=at(0), connection_id="c", user="u", target="t",
-                             target_user="l", command="ls"))
+    store.emit(
+        CommandRecord(
+            time=at(0), connection_id="c", user="u", target="t", target_user="l", command="ls"
+        )
+    )
     await asyncio.wait_for(store.admission(), 0.5)
 
 
