@@ -389,3 +389,29 @@ def test_named_session_from_paramiko(gateway: GatewayProcess, pty: bool) -> None
     assert pid
     second = _paramiko_round(gateway.port, key, "agent-p", b"echo PID=$$; echo DONE-$((2))\n", pty)
     assert pid.group(0) in second
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
+    make_gateway: Callable[..., GatewayProcess], target_sshd: TargetSshd
+) -> None:
+    gw = make_gateway({"web1": target_sshd, "web2": target_sshd})
+    assert gw.popen is not None
+    good = gw.config_path.read_text()
+    gw.config_path.write_text(good + "\n[gateway\n")  # broken TOML
+    gw.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(line.get("event") == "reload refused" for line in gw.log_lines()):
+        assert time.monotonic() < deadline, "reload refusal not logged"
+        time.sleep(0.2)
+    assert gw.to("web2").ssh_sync("true").returncode == 0  # the old config stays
+    gw.config_path.write_text(good)
+    assert any(a["action"] == "reload_refused" for a in gw.cli_json("audit"))
+    del gw.targets["web2"]
+    gw.write_config()
+    gw.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while gw.to("web2").ssh_sync("true").returncode != 1:
+        assert time.monotonic() < deadline, "web2 still reachable after SIGHUP"
+        time.sleep(0.2)
+    assert gw.to("web1").ssh_sync("true").returncode == 0
+    assert gw.popen.poll() is None
