@@ -415,3 +415,24 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
         time.sleep(0.2)
     assert gw.to("web1").ssh_sync("true").returncode == 0
     assert gw.popen.poll() is None
+
+
+def test_detach_timeout_overridden_per_target(
+    make_gateway: Callable[..., GatewayProcess],
+    target_sshd: TargetSshd,
+    tmux: Callable[..., TmuxTerminal],
+) -> None:
+    """The gateway keeps detached shells 15 minutes; target web2 only 2 s."""
+    web2 = target_sshd.target_toml("web2") + 'detach_timeout = "2s"\n'
+    gw = make_gateway({"web1": target_sshd}, extra_toml=web2)
+    term = _shell(tmux, gw, login="root@web2")
+    cid = _only_live_id(gw)
+    _kill_client(term)
+    events = gw.wait_events(cid, types=["disconnected", "closed"], timeout=15)
+    assert (events[-1]["reason"], events[-1]["closed_by"]) == ("detach_timeout", "system")
+    kept = _shell(tmux, gw, login="root@web1")
+    cid1 = next(c for c in gw.cli_json("connections") if c["state"] == "connected")["id"]
+    _kill_client(kept)
+    gw.wait_events(str(cid1), types=["disconnected"])
+    time.sleep(3)
+    assert _state(gw, str(cid1)) == "detached"
