@@ -115,6 +115,7 @@ _UNKNOWN, _ECHO, _NOECHO = 0, 1, 2
 
 _PASTE_START = b"\x1b[200~"
 _PASTE_END = b"\x1b[201~"
+_CURSOR_DOWN = re.compile(rb"\x1b\[[0-9]*B")
 _OSC133 = re.compile(rb"\x1b\]133;([A-Za-z])[^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
@@ -395,15 +396,61 @@ class CommandExtractor:
             # judged by the screen it was on when its newline came.
             self._alt.feed(seg if nl < 0 else data[pos : nl + 1])
             if seg:
-                if b"\x1b]133;" in seg:
-                    self._feed_marked(seg)
+                if self._lines and self._lines[0].entered is not None:
+                    self._feed_entered(seg)
                 else:
-                    self._feed_segment(seg)
+                    self._feed_text(seg)
             if nl < 0:
                 break
             self._newline()
             self._stream.feed(b"\n")
             pos = nl + 1
+
+    def _feed_text(self, seg: bytes) -> None:
+        if b"\x1b]133;" in seg:
+            self._feed_marked(seg)
+        else:
+            self._feed_segment(seg)
+
+    def _feed_entered(self, seg: bytes) -> None:
+        """Feed output that follows an Enter, watching for the cursor to leave
+        the entered line downwards without a line feed: zsh accepts a line
+        whose display spans several rows (the ``bck-i-search:`` status row of
+        Ctrl-R, say) by moving down with ``CSI B`` and ``CR``, then prints the
+        command's output; no newline of its own. The line is read off the row
+        the cursor left. Split after each ``CSI n B`` so that output printed
+        after the move in the same read cannot overwrite the row first."""
+        last = 0
+        for m in _CURSOR_DOWN.finditer(seg):
+            self._feed_watching(seg[last : m.end()])
+            last = m.end()
+        if last < len(seg):
+            self._feed_watching(seg[last:])
+
+    def _feed_watching(self, part: bytes) -> None:
+        s = self._screen
+        assert s is not None
+        y0, scrolled = s.cursor.y, s.scrolled
+        self._feed_text(part)
+        if not self._lines or s.scrolled != scrolled or self._alt.alt:
+            return
+        head = self._lines[0]
+        if (
+            head.entered is None
+            or head.cancelled
+            or head.paste_newlines
+            or head.echo != _ECHO
+            or not head.needed
+            or not head.echo_complete
+        ):
+            return
+        end = y0
+        while end + 1 < s.lines and s.is_continuation(end + 1):
+            end += 1  # moving down within a wrapped line is not leaving it
+        if s.cursor.y <= end:
+            return
+        self._read_line(head, end)
+        self._advance()
 
     def _feed_marked(self, seg: bytes) -> None:
         assert self._screen is not None
@@ -512,15 +559,17 @@ class CommandExtractor:
         self._read_line(head)
         self._advance()
 
-    def _read_line(self, line: _Line) -> None:
-        """Read the line's text off the screen (cursor on its last row)."""
+    def _read_line(self, line: _Line, cy: int | None = None) -> None:
+        """Read the line's text off the screen (its last row is ``cy``, by
+        default the cursor's)."""
         s = self._screen
         assert s is not None and line.entered is not None
         in_alt = self._alt.alt
         self._resolve(line)
         if in_alt or line.echo == _NOECHO:
             return
-        cy = s.cursor.y
+        if cy is None:
+            cy = s.cursor.y
         start = self._start_of(line, cy)
         text = self._logical_text(start, cy)
         if start == self._fallback_start(line, cy):
@@ -536,13 +585,26 @@ class CommandExtractor:
         s = self._screen
         assert s is not None
         first = self._fallback_start(line, cy)[0]
-        for cand in (line.prompt, self._osc_prompt_end, line.match_start):
+        for i, cand in enumerate((line.prompt, self._osc_prompt_end, line.match_start)):
             if cand is None:
                 continue
             y = cand[0] - s.scrolled
             if first <= y <= cy:
+                if i == 2:
+                    return y, self._past_prompt(y, cand[1])
                 return y, cand[1]
         return first, 0
+
+    def _past_prompt(self, y: int, x: int) -> int:
+        """``x``, or the end of the learned prompt if ``x`` lies inside it: the
+        echo match is a subsequence, so a typed-ahead line's first letter can
+        match inside the prompt drawn before its echo (``e`` of
+        ``root@target:~# `` for ``echo two``)."""
+        prompt = self._learned_prompt
+        assert self._screen is not None
+        if prompt.strip() and x < len(prompt) and self._screen.row_text(y).startswith(prompt):
+            return len(prompt)
+        return x
 
     def _fallback_start(self, line: _Line, cy: int) -> tuple[int, int]:
         """The first row of the logical line at the cursor, column 0."""

@@ -1,26 +1,50 @@
-"""Capture the command-extractor corpus from real shells in a real pty.
+"""Capture the command-extractor corpus from real shells with real keystrokes.
 
-Run: ``.venv/bin/python tests/corpus/capture.py [CASE ...]`` (all cases when
-none named). Each case starts a shell (``bash --norc --noprofile -i`` unless
-the case says otherwise) in a fresh pty with a clean HOME, types real
-keystrokes with small delays, records both directions with timestamps and
-writes ``tests/corpus/<case>.json``:
+Run from the repository root::
 
-    {"name", "shell", "cols", "rows",
+    .venv/bin/python tests/corpus/capture.py [--via pty|sshd|all] [CASE ...]
+
+``--via sshd`` (the corpus the issue asks for) starts a real OpenSSH sshd per
+case (``tests/harness/sshd.py`` ``TargetSshd``: a free loopback port, a clean
+HOME), runs the real OpenSSH client ``ssh -tt ... 127.0.0.1`` as root in a
+local pty (``os.forkpty``) sized to the case, types the keystrokes into that
+pty and records what goes in and what comes out: the client's input bytes and
+the output bytes as they arrive, which is exactly the byte stream a gateway
+relays between the two SSH legs. The shell is the target sshd's login shell
+(root's ``bash -l``); the case's setup (PS1, bracketed paste on/off, OSC 133
+prompt marks, LANG) goes into the sshd HOME's ``.bashrc`` / ``.inputrc``, so no
+setup line is ever typed and the expected command lists are exactly what the
+case types. zsh and dash cases run as root's login bash ``exec``-ing
+``zsh -f -i`` / ``dash -i`` from that ``.bashrc`` (root's login shell is not
+changed on this machine). These cases are written as
+``tests/corpus/sshd-<shell>-<behaviour>.json``.
+
+``--via pty`` (the default, the original corpus) starts the shell
+(``bash --norc --noprofile -i`` unless the case says otherwise) directly in a
+fresh pty with a clean HOME and writes ``tests/corpus/<case>.json``.
+``--via all`` captures both. CASE names select cases (file stems).
+
+Every case file has the same format::
+
+    {"name", "via": "pty"|"sshd", "shell", "cols", "rows",
      "expected": [command, ...],     # what the shell accepted, in order
      "secrets": [text, ...],         # typed at no-echo prompts; must leak nowhere
      "events": [[t, "i"|"o", data], ...]}   # data: the bytes as latin-1 text
 
-No sshd is needed: what the extractor sees through the gateway is exactly the
-pty's byte stream, which is what is recorded here.
+Keys are typed one at a time with small delays (an escape sequence or a UTF-8
+character is one key), and every process started here is ended by its pid
+(the ssh client) or by the ``TargetSshd`` context manager (sshd and its
+sessions).
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
 import select
+import shlex
 import signal
 import struct
 import sys
@@ -76,6 +100,7 @@ class Case:
     rows: int = 24
     secrets: list[str] = field(default_factory=list)
     bracketed_paste: bool = True
+    vias: tuple[str, ...] = ("pty", "sshd")  # how this case may be captured
 
 
 CASES = [
@@ -328,6 +353,52 @@ CASES = [
         secrets=["hunter2zsh"],
         shell="zsh",
     ),
+    # zsh through sshd only (the pty corpus has its own zsh cases above).
+    Case(
+        "zsh_reverse_search_chains",
+        [
+            type_("echo needle\r"),
+            type_("echo other\r"),
+            send(b"\x12"),
+            type_("need"),
+            send(b"\r"),
+            type_("echo a; echo b && echo c || echo d\r"),
+        ],
+        ["echo needle", "echo other", "echo needle", "echo a; echo b && echo c || echo d"],
+        shell="zsh",
+        vias=("sshd",),
+    ),
+    Case(
+        "zsh_continuation_wrap",
+        [
+            type_("echo a \\\r"),
+            type_("b\r"),
+            type_("echo " + "abcdefghij" * 9 + "\r"),
+            type_(b"echo abc def" + LEFT * 4 + b"\x0b\r"),
+        ],
+        ["echo a \\\nb", "echo " + "abcdefghij" * 9, "echo abc"],
+        shell="zsh",
+        cols=40,
+        vias=("sshd",),
+    ),
+    Case(
+        "zsh_type_ahead_vim",
+        [
+            burst(b"sleep 1\r"),
+            pause(0.3),
+            type_("echo ahead\r"),
+            pause(1.0),
+            type_("vim -u NONE -N -i NONE f.txt\r"),
+            pause(0.5),
+            type_("ihello from vim\r"),
+            send(b"\x1b"),
+            type_(":wq\r"),
+            type_("cat f.txt\r"),
+        ],
+        ["sleep 1", "echo ahead", "vim -u NONE -N -i NONE f.txt", "cat f.txt"],
+        shell="zsh",
+        vias=("sshd",),
+    ),
     Case(
         "dash_editing",
         [type_("echo one\r"), type_("echo twx\x7fo\r"), type_("junk\x15echo three\r")],
@@ -374,69 +445,73 @@ def spawn(case: Case, home: str) -> tuple[int, int]:
     return pid, fd
 
 
-def capture(case: Case) -> dict[str, object]:
+def drive(case: Case, fd: int, first_output: float) -> list[list[object]]:
+    """Type the case's steps into the pty master ``fd``, recording both
+    directions; wait up to ``first_output`` seconds for the first prompt."""
     events: list[list[object]] = []
-    with tempfile.TemporaryDirectory() as home:
-        pid, fd = spawn(case, home)
-        start = time.monotonic()
+    start = time.monotonic()
 
-        def now() -> float:
-            return round(time.monotonic() - start, 6)
+    def now() -> float:
+        return round(time.monotonic() - start, 6)
 
-        def read_until_quiet(quiet: float = QUIET, limit: float = 5.0) -> None:
-            deadline = time.monotonic() + limit
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], quiet)
-                if not ready:
-                    return
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                events.append([now(), "o", data.decode("latin-1")])
+    def read_until_quiet(quiet: float = QUIET, limit: float = 5.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], quiet)
+            if not ready:
+                return
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            events.append([now(), "o", data.decode("latin-1")])
 
-        def write(data: bytes) -> None:
-            events.append([now(), "i", data.decode("latin-1")])
-            os.write(fd, data)
+    def write(data: bytes) -> None:
+        events.append([now(), "i", data.decode("latin-1")])
+        os.write(fd, data)
 
-        read_until_quiet(quiet=0.5)
-        for kind, arg in case.steps:
-            if kind == "type":
-                assert isinstance(arg, bytes)
-                i = 0
-                while i < len(arg):
-                    # An escape sequence is one key: send it in one write.
-                    j = i + 1
-                    while arg[i] >= 0xC0 and j < len(arg) and 0x80 <= arg[j] < 0xC0:
-                        j += 1  # a UTF-8 character is one key
-                    if arg[i] == 0x1B and arg[i + 1 : i + 2] == b"[":
-                        j = i + 2
-                        while j < len(arg) and not (0x40 <= arg[j] <= 0x7E):
-                            j += 1
+    ready, _, _ = select.select([fd], [], [], first_output)  # the login, the first prompt
+    if not ready:
+        raise RuntimeError(f"{case.name}: no output within {first_output}s")
+    read_until_quiet(quiet=0.5, limit=first_output)
+    for kind, arg in case.steps:
+        if kind == "type":
+            assert isinstance(arg, bytes)
+            i = 0
+            while i < len(arg):
+                # An escape sequence is one key: send it in one write.
+                j = i + 1
+                while arg[i] >= 0xC0 and j < len(arg) and 0x80 <= arg[j] < 0xC0:
+                    j += 1  # a UTF-8 character is one key
+                if arg[i] == 0x1B and arg[i + 1 : i + 2] == b"[":
+                    j = i + 2
+                    while j < len(arg) and not (0x40 <= arg[j] <= 0x7E):
                         j += 1
-                    write(arg[i:j])
-                    read_until_quiet(quiet=KEY_DELAY)
-                    i = j
-                read_until_quiet()
-            elif kind == "send":
-                assert isinstance(arg, bytes)
-                write(arg)
-                read_until_quiet()
-            elif kind == "burst":
-                assert isinstance(arg, bytes)
-                write(arg)
-            elif kind == "pause":
-                assert isinstance(arg, float)
-                read_until_quiet(quiet=arg, limit=arg + 5)
-        read_until_quiet()
-        os.kill(pid, signal.SIGHUP)
-        read_until_quiet(quiet=0.2, limit=1.0)
-        os.close(fd)
-        os.waitpid(pid, 0)
+                    j += 1
+                write(arg[i:j])
+                read_until_quiet(quiet=KEY_DELAY)
+                i = j
+            read_until_quiet()
+        elif kind == "send":
+            assert isinstance(arg, bytes)
+            write(arg)
+            read_until_quiet()
+        elif kind == "burst":
+            assert isinstance(arg, bytes)
+            write(arg)
+        elif kind == "pause":
+            assert isinstance(arg, float)
+            read_until_quiet(quiet=arg, limit=arg + 5)
+    read_until_quiet()
+    return events
+
+
+def record(case: Case, name: str, via: str, events: list[list[object]]) -> dict[str, object]:
     return {
-        "name": case.name,
+        "name": name,
+        "via": via,
         "shell": case.shell,
         "cols": case.cols,
         "rows": case.rows,
@@ -446,14 +521,127 @@ def capture(case: Case) -> dict[str, object]:
     }
 
 
-def main(names: list[str]) -> None:
-    for case in CASES:
-        if names and case.name not in names:
-            continue
-        data = capture(case)
-        path = HERE / f"{case.name}.json"
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=True) + "\n")
-        print(f"{case.name}: {len(data['events'])} events -> {path.name}")  # type: ignore[arg-type]
+def capture(case: Case) -> dict[str, object]:
+    """The shell directly in a local pty (``--via pty``)."""
+    with tempfile.TemporaryDirectory() as home:
+        pid, fd = spawn(case, home)
+        try:
+            events = drive(case, fd, first_output=5.0)
+        finally:
+            os.kill(pid, signal.SIGHUP)
+            _drain(fd)
+            os.close(fd)
+            os.waitpid(pid, 0)
+    return record(case, case.name, "pty", events)
+
+
+def _drain(fd: int, limit: float = 1.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            return
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:
+            return
+
+
+# -- through a real sshd (--via sshd) ------------------------------------------------
+
+SSHD_BASH_PS1 = r"\u@target:\w\$ "
+SSHD_ZSH_PS1 = "%n@target %~ %# "
+SSHD_DASH_PS1 = "$ "
+
+
+def sshd_name(case: Case) -> str:
+    """``sshd-<shell>-<behaviour>``: ``backspace_del`` -> ``sshd-bash-backspace_del``,
+    ``zsh_editing`` -> ``sshd-zsh-editing``."""
+    behaviour = case.name
+    if behaviour.startswith(case.shell + "_"):
+        behaviour = behaviour[len(case.shell) + 1 :]
+    return f"sshd-{case.shell}-{behaviour}"
+
+
+def sshd_rc(case: Case) -> tuple[str, str]:
+    """The sshd HOME's ``.bashrc`` and ``.inputrc`` for ``case``: all its setup,
+    so that nothing but the case's own keystrokes is typed."""
+    lines = [
+        "# Written by tests/corpus/capture.py (--via sshd): this case's shell setup.",
+        "PROMPT_COMMAND=",
+        'HISTFILE="$HOME/.bash_history"',
+        'case $- in *i*) cd "$HOME" ;; esac',
+    ]
+    if case.shell == "bash":
+        lines.append("PS1=" + shlex.quote(case.ps1 or SSHD_BASH_PS1))
+    elif case.shell == "zsh":
+        ps1 = case.ps1 or SSHD_ZSH_PS1
+        lines += ["export PS1=" + shlex.quote(ps1), "exec zsh -f -i"]  # -f: no startup files
+    else:
+        ps1 = case.ps1 or SSHD_DASH_PS1
+        lines += ["export PS1=" + shlex.quote(ps1), f"exec {case.shell} -i"]
+    inputrc = f"set enable-bracketed-paste {'on' if case.bracketed_paste else 'off'}\n"
+    return "\n".join(lines) + "\n", inputrc
+
+
+def spawn_ssh(args: list[str], case: Case, client_home: str) -> tuple[int, int]:
+    """The OpenSSH client in a fresh local pty of the case's size."""
+    env = {
+        "HOME": client_home,
+        "TERM": "xterm-256color",
+        "LANG": "C.UTF-8",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
+    pid, fd = os.forkpty()
+    if pid == 0:  # child: size the pty before ssh reads it for its pty-req
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", case.rows, case.cols, 0, 0))
+            os.execvpe(args[0], args, env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
+def capture_sshd(case: Case) -> dict[str, object]:
+    """The target sshd's login shell, reached by ``ssh -tt`` in a local pty."""
+    sys.path.insert(0, str(HERE.parent))  # tests/: the harness package
+    from harness.sshd import TargetSshd
+
+    with TargetSshd() as target, tempfile.TemporaryDirectory() as client_home:
+        bashrc, inputrc = sshd_rc(case)
+        (target.home / ".bashrc").write_text(bashrc)
+        (target.home / ".inputrc").write_text(inputrc)
+        client = target.client(strict=False).with_options("EscapeChar=none", "SendEnv=LANG")
+        args = client.ssh_args(tty=True)
+        pid, fd = spawn_ssh(args, case, client_home)
+        try:
+            events = drive(case, fd, first_output=15.0)
+        finally:
+            os.kill(pid, signal.SIGTERM)  # the ssh client, by its pid
+            _drain(fd)
+            os.close(fd)
+            os.waitpid(pid, 0)
+    return record(case, sshd_name(case), "sshd", events)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--via", choices=("pty", "sshd", "all"), default="pty")
+    parser.add_argument("cases", nargs="*", help="case names (file stems); all when none")
+    opts = parser.parse_args(argv)
+    vias = ("pty", "sshd") if opts.via == "all" else (opts.via,)
+    for via in vias:
+        for case in CASES:
+            if via not in case.vias:
+                continue
+            name = sshd_name(case) if via == "sshd" else case.name
+            if opts.cases and name not in opts.cases and case.name not in opts.cases:
+                continue
+            data = capture_sshd(case) if via == "sshd" else capture(case)
+            path = HERE / f"{name}.json"
+            path.write_text(json.dumps(data, indent=1, ensure_ascii=True) + "\n")
+            print(f"{name}: {len(data['events'])} events -> {path.name}", flush=True)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """Replay every captured session in tests/corpus through CommandExtractor.
 
+Two kinds of capture (``tests/corpus/capture.py``): ``"via": "sshd"`` cases
+(``sshd-<shell>-<behaviour>.json``) are real sessions through a real OpenSSH
+sshd, typed into the real ``ssh -tt`` client's pty; ``"via": "pty"`` cases are
+the shell directly in a pty. Both are replayed here.
+
 The extractor must find exactly the commands each case expects (100% precision
 and recall), and no secret typed at a no-echo prompt may appear in a command or
 in the input it releases as recordable.
@@ -66,6 +71,52 @@ def test_corpus_case(path: Path) -> None:
 def test_corpus_byte_at_a_time(path: Path) -> None:
     case = load(path)
     assert commands(replay(case, byte_at_a_time=True)) == case["expected"]
+
+
+# One sshd capture per editing behaviour the issue names, for bash at least.
+SSHD_BASH_BEHAVIOURS = [
+    "backspace_del",
+    "backspace_ctrl_h",
+    "ctrl_u",
+    "ctrl_w",
+    "ctrl_k",
+    "ctrl_a_ctrl_e",
+    "arrows_insert",
+    "home_end",
+    "history",
+    "reverse_search",
+    "tab_completion",
+    "bracketed_paste",
+    "bracketed_paste_multiline",
+    "backslash_continuation",
+    "open_quote",
+    "long_line_wrap",
+    "ctrl_c",
+    "type_ahead",
+    "chains",
+    "password_read_s",
+    "vim",
+    "less",
+]
+
+
+def test_corpus_files_are_well_formed() -> None:
+    for path in CASES:
+        case = load(path)
+        assert case["name"] == path.stem
+        assert case["via"] in ("pty", "sshd"), path.name
+        assert path.stem.startswith("sshd-") == (case["via"] == "sshd"), path.name
+        assert {d for _, d, _ in case["events"]} <= {"i", "o"}
+
+
+@pytest.mark.parametrize("behaviour", SSHD_BASH_BEHAVIOURS)
+def test_sshd_capture_exists(behaviour: str) -> None:
+    """The corpus the issue asks for: real sessions through a real sshd."""
+    path = CORPUS / f"sshd-bash-{behaviour}.json"
+    assert path.exists(), f"missing {path.name}: run tests/corpus/capture.py --via sshd"
+    case = load(path)
+    assert case["via"] == "sshd" and case["shell"] == "bash"
+    assert any(d == "i" for _, d, _ in case["events"])
 
 
 def test_corpus_score() -> None:

@@ -109,6 +109,30 @@ TRACES = [
         [("o", PROMPT), ("i", b"echo " + b"a" * 40 + b"\r"), ("o", b"echo " + b"a" * 40 + b"\r\n")],
         ["echo " + "a" * 40],
     ),
+    (
+        "typed ahead behind a prompt holding the command's first letter",
+        [
+            ("o", b"root@target:~# "),
+            ("i", b"sleep 1\r"),
+            ("i", b"echo two\r"),
+            ("o", b"sleep 1\r\n"),
+            ("o", b"root@target:~# echo two\r\ntwo\r\nroot@target:~# "),
+        ],
+        ["sleep 1", "echo two"],
+    ),
+    (
+        "zsh accepts a Ctrl-R match by moving down (CSI B), no newline of its own",
+        [
+            ("o", b"root@target ~ # "),
+            ("i", b"\x12"),
+            ("o", b"\r\r\nbck-i-search: _\x1b[K\x1b[A\x1b[1C"),
+            ("i", b"need"),
+            ("o", b"echo \x1b[4mneed\x1b[24mle\x1b[1B\x1b[13Dneed_\x1b[A\x1b[2C"),
+            ("i", b"\r"),
+            ("o", b"\x1b[1B\r\x1b[K\x1b[A\x1b[27C\x1b[1B\rneedle\r\nroot@target ~ # "),
+        ],
+        ["echo needle"],
+    ),
 ]
 
 
