@@ -21,7 +21,13 @@ from config.models import GatewayConfig, OnFailure
 from gateway import sshtune
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
-from gateway.recording import RecordingError, Recordings, SessionRecording, repair_cast
+from gateway.recording import (
+    RecordingError,
+    Recordings,
+    SessionRecording,
+    audit_recording_failure,
+    repair_cast,
+)
 from gateway.server import ClientSession, GatewayServer
 from store.base import EventStore
 from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
@@ -166,15 +172,7 @@ class Gateway:
             return self.recordings.start(live)
         except OSError as e:
             why = f"recording for {live.id} could not be created: {e.strerror or e}"
-            self.store.emit(
-                AuditEntry(
-                    actor=SYSTEM,
-                    action="recording_failed",
-                    detail=why,
-                    connection_id=live.id,
-                    target=live.target,
-                )
-            )
+            audit_recording_failure(live, why)
             if self.config.recording.on_failure is OnFailure.CLOSE:
                 raise RecordingError(why) from None
             log.error("recording failed; connection continues unrecorded", error=why)

@@ -160,26 +160,21 @@ class SessionRecording:
                     pass
             self._failed(e)
 
-    def _failed(self, e: OSError) -> None:
+    def _close_file(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.failed = True
         self.owner.discard(self)
+
+    def _failed(self, e: OSError) -> None:
+        self._close_file()
+        self.failed = True
         why = f"recording {self.cast_path} could not be written: {e.strerror or e}"
         live = self.live
-        live.store.emit(
-            AuditEntry(
-                actor=SYSTEM,
-                action="recording_failed",
-                detail=why,
-                connection_id=live.id,
-                target=live.target,
-            )
-        )
+        audit_recording_failure(live, why)
         if self.owner.on_failure is OnFailure.CLOSE:
             log.error("recording failed; closing the connection", connection_id=live.id, error=why)
             live.recording = None  # nothing more to write; close without it
@@ -201,13 +196,7 @@ class SessionRecording:
         self.writer.marker(t, f"closed: {reason.value}")
         if self._fd is not None:
             self._write(self.writer.take() + self.writer.finish(t))
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.owner.discard(self)
+        self._close_file()
 
 
 class Recordings:
@@ -290,6 +279,19 @@ class Recordings:
             self._task.cancel()
             self._task = None
         self.flush_all()
+
+
+def audit_recording_failure(live: LiveConnection, why: str) -> None:
+    """The audit entry for a recording that could not be created or written."""
+    live.store.emit(
+        AuditEntry(
+            actor=SYSTEM,
+            action="recording_failed",
+            detail=why,
+            connection_id=live.id,
+            target=live.target,
+        )
+    )
 
 
 def _is_binary(data: bytes) -> bool:
