@@ -169,9 +169,7 @@ def parse_config(
     return cfg
 
 
-def load_config(
-    path: str | os.PathLike[str] | None, *, check_files: bool = True
-) -> GatewayConfig:
+def load_config(path: str | os.PathLike[str] | None, *, check_files: bool = True) -> GatewayConfig:
     """The config at ``path``, or the embedded default when ``path`` is None."""
     if path is None:
         return parse_config({}, EMBEDDED, check_files=check_files)

@@ -165,8 +165,6 @@ class PrivateModes:
         self._carry = tail if b"\x1b" in tail else b""
 
 
-
-
 def resync_start(tail: bytes) -> bytes:
     """Where to start replaying a tail into a fresh emulator: at the last
     alternate-screen switch or full clear when there is one (everything

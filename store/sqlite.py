@@ -434,9 +434,7 @@ class SqliteStore(EventStore):
     async def flush(self) -> None:
         wanted = self._emitted
         async with self._progress:
-            await self._progress.wait_for(
-                lambda: self._committed >= wanted or self._writer_gone()
-            )
+            await self._progress.wait_for(lambda: self._committed >= wanted or self._writer_gone())
         if self._committed < wanted:
             raise StoreError(f"store {self.path} has no running writer; records not written")
 
@@ -685,9 +683,7 @@ class SqliteStore(EventStore):
             terms, params, "time, seq", f.limit,
         )  # fmt: skip
         return [
-            CommandRecord(
-                time=t, connection_id=c, user=u, target=tg, target_user=tu, command=cmd
-            )
+            CommandRecord(time=t, connection_id=c, user=u, target=tg, target_user=tu, command=cmd)
             for t, c, u, tg, tu, cmd in rows
         ]
 
