@@ -1,0 +1,433 @@
+"""The load generator for benchmark #5 (concurrency): ``python -m bench.loadgen``.
+
+One asyncssh process (started by ``bench.run``, so its CPU is not the
+gateway's) that opens ``--sessions`` interactive pty sessions through the
+gateway over ``--sessions / --per-conn`` client SSH connections (an agent
+fleet: several sessions per connection), ramping up ``--batch`` sessions at a
+time. A tenth of them (``--stream-frac``) run a streaming loop in the target
+shell (one ~60-byte line every ``--stream-interval`` seconds, no fork per line);
+the others type ``echo hi-N`` every ~``--type-every`` seconds one keystroke at a
+time, and each keystroke's echo latency is measured (write 1 byte, time until
+that byte comes back). ``--probes`` sessions do the same typing straight to
+the target sshd (no gateway) over one connection from this same process: the
+control that tells the gateway's share of the latency from this process's and
+the machine's.
+
+Protocol on stdout, one JSON object per line: ``{"event": "progress", ...}``
+while ramping, ``{"event": "ramped", ...}`` when every session is open (or
+failed), ``{"event": "hold_end"}`` after ``--hold`` seconds of full load, and
+``{"event": "result", ...}`` after every shell was told to exit and every
+connection closed. Everything is bounded: ``--deadline`` seconds after start
+the process gives up, reports what it has and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+PROMPT = b"# "  # the harness's PS1 is '\u@target:\w\$ ' and we log in as root
+
+
+def emit(event: str, **kw: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **kw}) + "\n")
+    sys.stdout.flush()
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def summary(xs: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(xs),
+        "p50_ms": pct(xs, 50),
+        "p90_ms": pct(xs, 90),
+        "p99_ms": pct(xs, 99),
+        "max_ms": max(xs) if xs else None,
+    }
+
+
+class Session(asyncssh.SSHClientSession[bytes]):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.want: bytes = b""
+        self.start = 0
+        self.fut: asyncio.Future[None] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.nbytes = 0
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.nbytes += len(data)
+        if self.fut is None:
+            if len(self.buf) < 65536:
+                self.buf += data
+            return
+        self.buf += data
+        if not self.fut.done() and self.buf.find(self.want, self.start) >= 0:
+            self.fut.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_exception(ConnectionError(f"channel closed: {exc}"))
+
+    async def wait_for(self, want: bytes, timeout: float, start: int = 0) -> int:
+        """Until ``want`` appears in buf at or after ``start``; returns its index."""
+        i = self.buf.find(want, start)
+        if i >= 0:
+            return i
+        self.want, self.start = want, start
+        self.fut = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self.fut, timeout)
+        finally:
+            self.fut = None
+        return self.buf.find(want, start)
+
+
+@dataclass
+class Slot:
+    idx: int
+    kind: str  # "stream" | "type" | "probe"
+    chan: asyncssh.SSHClientChannel[bytes] | None = None
+    sess: Session | None = None
+    error: str | None = None
+    open_s: float | None = None
+
+
+@dataclass
+class Stats:
+    lat: dict[str, list[float]] = field(
+        default_factory=lambda: {"ramp": [], "load": [], "probe": [], "probe_ramp": []}
+    )
+    cmd_ms: list[float] = field(default_factory=list)
+    key_timeouts: int = 0
+    cmd_errors: list[str] = field(default_factory=list)
+    commands: int = 0
+    phase: str = "ramp"
+
+
+async def open_session(conn: asyncssh.SSHClientConnection, slot: Slot, timeout: float) -> None:
+    t0 = time.monotonic()
+    try:
+        chan, sess = await asyncio.wait_for(
+            conn.create_session(Session, term_type="xterm", term_size=(80, 24), encoding=None),
+            timeout,
+        )
+        slot.chan, slot.sess = chan, sess
+        await sess.wait_for(PROMPT, timeout)
+        slot.open_s = time.monotonic() - t0
+    except Exception as e:
+        slot.error = f"{type(e).__name__}: {e}"[:300]
+
+
+async def connect(host: str, port: int, login: str, key: str, timeout: float) -> Any:
+    return await asyncio.wait_for(
+        asyncssh.connect(
+            host,
+            port,
+            username=login,
+            client_keys=[key],
+            known_hosts=None,
+            config=None,
+            agent_path=None,
+            preferred_auth="publickey",
+            encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
+        ),
+        timeout,
+    )
+
+
+async def typer(slot: Slot, stats: Stats, stop: asyncio.Event, every: float, seed: int) -> None:
+    rnd = random.Random(seed)
+    sess, chan = slot.sess, slot.chan
+    assert sess is not None and chan is not None
+    await asyncio.sleep(rnd.uniform(0, every))  # desynchronise the fleet
+    k = 0
+    while not stop.is_set():
+        cycle = time.monotonic()
+        word = f"hi-{slot.idx}-{k}"
+        try:
+            for ch in f"echo {word}".encode():
+                byte = bytes([ch])
+                start = len(sess.buf)
+                t0 = time.perf_counter()
+                chan.write(byte)
+                await sess.wait_for(byte, 10.0, start)
+                ms = (time.perf_counter() - t0) * 1000
+                phase = (
+                    stats.phase
+                    if slot.kind != "probe"
+                    else ("probe" if stats.phase == "load" else "probe_ramp")
+                )
+                if stats.phase != "done":
+                    stats.lat[phase].append(ms)
+            start = len(sess.buf)
+            t0 = time.perf_counter()
+            chan.write(b"\r")
+            # The typed line's echo is already in buf before `start`: what
+            # comes after Enter is echo's output, then the next prompt.
+            i = await sess.wait_for(word.encode() + b"\r\n", 10.0, start)
+            await sess.wait_for(PROMPT, 10.0, i)
+            stats.cmd_ms.append((time.perf_counter() - t0) * 1000)
+            stats.commands += 1
+        except TimeoutError:
+            stats.key_timeouts += 1
+            stats.cmd_errors.append(f"session {slot.idx}: timeout, tail {bytes(sess.buf[-80:])!r}")
+            chan.write(b"\x03")  # back to a clean prompt
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await sess.wait_for(PROMPT, 10.0, len(sess.buf))
+        except ConnectionError as e:
+            stats.cmd_errors.append(f"session {slot.idx}: {e}")
+            return
+        sess.buf.clear()
+        k += 1
+        rest = every * rnd.uniform(0.8, 1.2) - (time.monotonic() - cycle)
+        if rest > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rest)
+
+
+async def loop_lag(stop: asyncio.Event, out: list[float]) -> None:
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.05)
+        out.append((time.perf_counter() - t0 - 0.05) * 1000)
+
+
+async def close_slot(slot: Slot, timeout: float) -> bool:
+    """Leave the shell as a user would (``exit``), so the target ends the
+    session and the gateway closes the connection and its cast. A client that
+    only dropped its channel would leave a detached connection behind."""
+    if slot.chan is None or slot.sess is None:
+        return False
+    try:
+        if slot.kind == "stream":
+            slot.chan.write(b"\x03")
+            await asyncio.sleep(0.2)
+        slot.chan.write(b"\rexit\r")
+        await asyncio.wait_for(asyncio.shield(slot.sess.closed), timeout)
+        return True
+    except (TimeoutError, OSError, asyncssh.Error):
+        slot.chan.close()
+        return False
+
+
+async def main_async(a: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    stats = Stats()
+    stop_typing = asyncio.Event()
+    stop_lag = asyncio.Event()
+    lags: list[float] = []
+    lag_task = asyncio.create_task(loop_lag(stop_lag, lags))
+    n_stream = round(a.sessions * a.stream_frac)
+    slots = [Slot(i, "stream" if i < n_stream else "type") for i in range(a.sessions)]
+    conns: list[Any] = []
+    conn_errors: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    stream_cmd = (
+        'while :; do echo "stream $RANDOM $RANDOM $RANDOM $RANDOM $RANDOM $SECONDS"; '
+        f"read -t {a.stream_interval}; done\r"
+    ).encode()
+
+    def start_work(slot: Slot) -> None:
+        if slot.error is not None or slot.chan is None:
+            return
+        if slot.kind == "stream":
+            slot.chan.write(stream_cmd)
+        else:
+            tasks.append(
+                asyncio.create_task(typer(slot, stats, stop_typing, a.type_every, slot.idx))
+            )
+
+    if a.warmup:
+        # One whole session lifecycle through the gateway (its lazy imports,
+        # the pooled target connection), then wait for the bench to read the
+        # gateway's idle memory and say "go".
+        w = Slot(-1, "warm")
+        wconn = await connect(a.host, a.port, a.login, a.key, a.open_timeout)
+        await open_session(wconn, w, a.open_timeout)
+        if w.error is None and w.chan is not None and w.sess is not None:
+            w.chan.write(b"echo warm-$((6*7))\r")
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await w.sess.wait_for(b"warm-42", 10)
+            await close_slot(w, 10)
+        wconn.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wconn.wait_closed(), 10)
+        emit("warm", error=w.error)
+        line = await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline), 60
+        )
+        if line.strip() != "go":
+            raise SystemExit("no go from the bench")
+
+    # The control: a few typists straight to sshd from this same process.
+    probes = [Slot(100_000 + i, "probe") for i in range(a.probes)]
+    if a.probes and a.direct_port:
+        try:
+            dconn = await connect(a.host, a.direct_port, a.direct_login, a.direct_key, 30)
+            conns.append(dconn)
+            await asyncio.gather(*(open_session(dconn, s, 30) for s in probes))
+            for s in probes:
+                start_work(s)
+        except Exception as e:
+            conn_errors.append(f"direct: {type(e).__name__}: {e}"[:300])
+
+    # Ramp: `batch` sessions at a time, `per_conn` per client connection.
+    groups = [slots[i : i + a.per_conn] for i in range(0, len(slots), a.per_conn)]
+    per_batch = max(1, a.batch // a.per_conn)
+    t_ramp = time.monotonic()
+
+    async def open_group(group: list[Slot]) -> None:
+        try:
+            conn = await connect(a.host, a.port, a.login, a.key, a.open_timeout)
+        except Exception as e:
+            for s in group:
+                s.error = f"connect: {type(e).__name__}: {e}"[:300]
+            conn_errors.append(group[0].error or "")
+            return
+        conns.append(conn)
+        await asyncio.gather(*(open_session(conn, s, a.open_timeout) for s in group))
+        for s in group:
+            start_work(s)
+
+    for b in range(0, len(groups), per_batch):
+        if time.monotonic() - started > a.deadline * 0.5:
+            for g in groups[b:]:
+                for s in g:
+                    s.error = "not attempted: ramp ran out of time"
+            break
+        await asyncio.gather(*(open_group(g) for g in groups[b : b + per_batch]))
+        ok = sum(1 for s in slots if s.sess is not None and s.error is None)
+        failed = sum(1 for s in slots if s.error is not None)
+        emit("progress", open=ok, failed=failed, elapsed=round(time.monotonic() - t_ramp, 1))
+        if a.batch_pause:
+            await asyncio.sleep(a.batch_pause)
+    ramp_s = time.monotonic() - t_ramp
+    ok_slots = [s for s in slots if s.error is None and s.sess is not None]
+    emit("ramped", open=len(ok_slots), failed=len(slots) - len(ok_slots), ramp_s=ramp_s)
+
+    # Full load for `hold` seconds: only these keystrokes count as "load".
+    stats.phase = "load"
+    lag_from = len(lags)
+    bytes0 = {s.idx: s.sess.nbytes for s in ok_slots if s.kind == "stream" and s.sess}
+    t_hold = time.monotonic()
+    await asyncio.sleep(max(0.0, min(a.hold, a.deadline - 60 - (t_hold - started))))
+    hold_s = time.monotonic() - t_hold
+    stream_bytes = sum(
+        s.sess.nbytes - bytes0[s.idx] for s in ok_slots if s.kind == "stream" and s.sess
+    )
+    stats.phase = "done"
+    load_lags = lags[lag_from:]
+    emit("hold_end", hold_s=hold_s)
+
+    # Stop typing (each typist finishes its command), then every shell exits.
+    stop_typing.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 25)
+    t_close = time.monotonic()
+    closed = await asyncio.gather(*(close_slot(s, 20) for s in ok_slots + probes))
+    close_s = time.monotonic() - t_close
+    for c in conns:
+        c.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True), 10
+        )
+    stop_lag.set()
+    await lag_task
+    errors: dict[str, int] = {}
+    for s in slots:
+        if s.error is not None:
+            errors[s.error] = errors.get(s.error, 0) + 1
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    open_times = [s.open_s * 1000 for s in ok_slots if s.open_s is not None]
+    n_ok_probe = sum(1 for s in probes if s.error is None and s.sess is not None)
+    return {
+        "sessions": a.sessions,
+        "streamers": n_stream,
+        "typists": a.sessions - n_stream,
+        "client_connections": len(groups),
+        "opened": len(ok_slots),
+        "opened_streamers": sum(1 for s in ok_slots if s.kind == "stream"),
+        "failed": len(slots) - len(ok_slots),
+        "errors": errors,
+        "connection_errors": conn_errors[:20],
+        "ramp_s": ramp_s,
+        "session_open_ms": summary(open_times),
+        "hold_s": hold_s,
+        "echo_load": summary(stats.lat["load"]),
+        "echo_ramp": summary(stats.lat["ramp"]),
+        "echo_direct_probe": summary(stats.lat["probe"]),
+        "probes_opened": n_ok_probe,
+        "command_roundtrip": summary(stats.cmd_ms),
+        "commands_completed": stats.commands,
+        "keystroke_timeouts": stats.key_timeouts,
+        "command_errors": stats.cmd_errors[:20],
+        "stream_bytes_during_hold": stream_bytes,
+        "stream_KBps_total": stream_bytes / hold_s / 1000 if hold_s else None,
+        "closed_by_exit": sum(1 for c in closed if c),
+        "close_s": close_s,
+        "loadgen_cpu_s": ru.ru_utime + ru.ru_stime,
+        "loadgen_maxrss_kib": ru.ru_maxrss,
+        "loadgen_loop_lag_under_load_ms": summary(load_lags),
+        "wall_s": time.monotonic() - started,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.loadgen")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--login", required=True, help="e.g. root@t0")
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--direct-port", type=int, default=0)
+    ap.add_argument("--direct-login", default="root")
+    ap.add_argument("--direct-key", default="")
+    ap.add_argument("--probes", type=int, default=10)
+    ap.add_argument("--warmup", action="store_true", help="one session, then wait for 'go'")
+    ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--per-conn", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--batch-pause", type=float, default=0.2)
+    ap.add_argument("--stream-frac", type=float, default=0.1)
+    ap.add_argument("--stream-interval", type=float, default=0.1)
+    ap.add_argument("--type-every", type=float, default=3.0)
+    ap.add_argument("--hold", type=float, default=30.0)
+    ap.add_argument("--open-timeout", type=float, default=30.0)
+    ap.add_argument("--deadline", type=float, default=240.0)
+    a = ap.parse_args()
+
+    async def bounded() -> dict[str, Any]:
+        return await asyncio.wait_for(main_async(a), a.deadline)
+
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            res = runner.run(bounded())
+    except TimeoutError:
+        emit("result", error=f"load generator gave up after {a.deadline:g} s")
+        return 1
+    emit("result", **res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
