@@ -123,6 +123,10 @@ class LiveConnection:
         self.closed = False
         self.closed_event: ClosedEvent | None = None
         self._target_writable = True
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._out_type: int | None = None
+        self._out_scheduled = False
         self._detach_timer: asyncio.TimerHandle | None = None
         self._release_slot: Callable[[], None] | None = None
         self.log = log.bind(connection_id=self.id, user=user, target=target, target_user=login)
@@ -160,12 +164,36 @@ class LiveConnection:
 
     def from_target(self, data: bytes, datatype: int | None) -> None:
         self.bytes_out += len(data)
-        client = self.client
-        if client is not None:
-            client.chan.write(data, datatype)
+        if self.client is not None:
+            # A pty hands sshd output in small reads, one small SSH packet each;
+            # relaying them one by one made per-packet cost dominate. Chunks
+            # that arrive in one loop turn go out as one write (asyncssh splits
+            # at the packet size), flushed at the start of the next turn.
+            if self._out and datatype != self._out_type:
+                self.flush_output()
+            self._out.append(data)
+            self._out_type = datatype
+            if not self._out_scheduled:
+                self._out_scheduled = True
+                self._loop.call_soon(self.flush_output)
         rec = self.recording
         if rec is not None:
             rec.output(time.monotonic() - self.t0, data)
+
+    def flush_output(self) -> None:
+        """Write the target output gathered this loop turn to the client."""
+        self._out_scheduled = False
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        client = self.client
+        if client is not None:
+            try:
+                client.chan.write(data, self._out_type)
+            except OSError:
+                pass  # the client's channel closed under us; its loss is handled there
 
     # Backpressure: a slow client stalls the target, a slow target stalls the client.
     def client_write_paused(self) -> None:
@@ -228,6 +256,7 @@ class LiveConnection:
         self._release_slot = release_slot
 
     def target_eof(self) -> None:
+        self.flush_output()
         if self.client is not None:
             try:
                 self.client.chan.write_eof()
@@ -263,6 +292,7 @@ class LiveConnection:
     # -- attach / detach -------------------------------------------------------
     def attach(self, client: Attachment, *, redraw: bool) -> None:
         """Make ``client`` the attached client (taking over from any other)."""
+        self.flush_output()
         old = self.client
         if old is not None and old is not client:
             self.client = None
@@ -295,6 +325,7 @@ class LiveConnection:
         """The attached client's channel closed (drop, kill, ``~.``)."""
         if self.client is not client or self.closed:
             return
+        self._out.clear()  # nobody to send it to; the recording has it
         self.client = None
         if self.kind is ConnectionKind.EXEC or self.target_chan is None:
             self.close(CloseReason.USER_CLOSED, self.user, "client went away")
@@ -352,6 +383,7 @@ class LiveConnection:
         self.state = ConnectionState.CLOSED
         self.store.emit(event)
         self.log.info("closed", reason=reason.value, closed_by=closed_by, message=text)
+        self.flush_output()  # what the target said before it ended comes first
         client, self.client = self.client, None
         if client is not None:
             if tell_client:
