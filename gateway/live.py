@@ -126,7 +126,7 @@ class LiveConnection:
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
         self._out_type: int | None = None
-        self._out_scheduled = False
+        self._turn_open = False
         self._detach_timer: asyncio.TimerHandle | None = None
         self._release_slot: Callable[[], None] | None = None
         self.log = log.bind(connection_id=self.id, user=user, target=target, target_user=login)
@@ -164,25 +164,35 @@ class LiveConnection:
 
     def from_target(self, data: bytes, datatype: int | None) -> None:
         self.bytes_out += len(data)
-        if self.client is not None:
+        client = self.client
+        if client is not None:
             # A pty hands sshd output in small reads, one small SSH packet each;
-            # relaying them one by one made per-packet cost dominate. Chunks
-            # that arrive in one loop turn go out as one write (asyncssh splits
-            # at the packet size), flushed at the start of the next turn.
-            if self._out and datatype != self._out_type:
-                self.flush_output()
-            self._out.append(data)
-            self._out_type = datatype
-            if not self._out_scheduled:
-                self._out_scheduled = True
+            # relaying them one by one made per-packet cost dominate. The first
+            # chunk of a loop turn goes out at once (a keystroke's echo waits
+            # for nothing); later ones in the same turn are gathered and go out
+            # as one write at the start of the next turn.
+            if not self._turn_open:
+                self._turn_open = True
                 self._loop.call_soon(self.flush_output)
+                try:
+                    client.chan.write(data, datatype)
+                except OSError:
+                    pass  # the client's channel closed under us; handled there
+            else:
+                if self._out and datatype != self._out_type:
+                    self._write_gathered()
+                self._out.append(data)
+                self._out_type = datatype
         rec = self.recording
         if rec is not None:
             rec.output(time.monotonic() - self.t0, data)
 
     def flush_output(self) -> None:
         """Write the target output gathered this loop turn to the client."""
-        self._out_scheduled = False
+        self._turn_open = False
+        self._write_gathered()
+
+    def _write_gathered(self) -> None:
         out = self._out
         if not out:
             return
@@ -193,7 +203,7 @@ class LiveConnection:
             try:
                 client.chan.write(data, self._out_type)
             except OSError:
-                pass  # the client's channel closed under us; its loss is handled there
+                pass  # the client's channel closed under us; handled there
 
     # Backpressure: a slow client stalls the target, a slow target stalls the client.
     def client_write_paused(self) -> None:
