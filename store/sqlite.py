@@ -358,9 +358,6 @@ class SqliteStore(EventStore):
                 # checkpoint every ~16 MB of WAL rather than 4 MB: hot index pages
                 # are copied back once per checkpoint, not once per 4 MB
                 await db.execute("PRAGMA wal_autocheckpoint = 4000")
-                # 64 MiB of page cache for the writer: the indexes' hot pages
-                # (random UUID keys touch many) stay in memory between batches.
-                await db.execute("PRAGMA cache_size = -65536")
         except BaseException:
             await db.close()
             raise
