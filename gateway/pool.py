@@ -41,6 +41,11 @@ class _Pooled:
     conn: asyncssh.SSHClientConnection
     channels: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    retiring: bool = False  # close() was called; wait_closed has not finished
+
+    @property
+    def usable(self) -> bool:
+        return not self.retiring and not self.closed.is_set()
 
 
 class TargetPool:
@@ -71,7 +76,7 @@ class TargetPool:
         lock = self._dialing.setdefault(key, asyncio.Lock())
         async with lock:  # one dial at a time per key, so bursts share it
             for p in self._pools.get(key, []):
-                if not p.closed.is_set() and p.channels < limit:
+                if p.usable and p.channels < limit:
                     p.channels += 1
                     return p.conn, p
             conn = await self._dial(target, login)
@@ -83,12 +88,15 @@ class TargetPool:
 
     def release(self, slot: _Pooled) -> None:
         slot.channels -= 1
-        if slot.channels <= 0 and not slot.closed.is_set():
+        if slot.channels <= 0 and slot.usable:
             # Keep one idle connection warm per key; close extra idle ones.
             for pooled in self._pools.values():
                 if slot in pooled:
-                    idle = [p for p in pooled if p.channels <= 0 and not p.closed.is_set()]
+                    idle = [p for p in pooled if p.channels <= 0 and p.usable]
                     if len(idle) > 1:
+                        # A connection being closed must not be handed out:
+                        # its next channel would fail "SSH connection closed".
+                        slot.retiring = True
                         slot.conn.close()
                     break
 
@@ -152,6 +160,7 @@ class TargetPool:
         for (tname, _login), pooled in list(self._pools.items()):
             if tname == name:
                 for p in pooled:
+                    p.retiring = True
                     p.conn.close()
 
     async def close(self) -> None:
