@@ -11,12 +11,10 @@ control socket (``list`` reports its asyncio task count).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 from cast_validator import validate_cast
 from harness.gateway import GatewayProcess
 from harness.sshd import TargetSshd
+from harness.waiting import small_tmpfs
 
 from gateway.control import control_request
 
@@ -639,23 +638,6 @@ async def test_drill_hostile_requests(make_gateway: MakeGateway, target_sshd: Ta
 
 
 # -- 5. disk trouble ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @pytest.mark.parametrize("on_failure", ["close", "continue"])

@@ -20,6 +20,7 @@ from harness.keys import generate_key
 from harness.net import free_port
 from harness.sshd import TargetSshd
 from harness.tmux import TmuxTerminal
+from harness.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -51,17 +52,6 @@ def shell_in_tmux(
     term = tmux(gw.to(target).ssh_args(tty=True), cols=100, rows=30)
     term.wait_for("root@target", timeout=15)
     return term
-
-
-def poll(what: Callable[[], object], timeout: float = 10.0, message: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message or what}")
-        time.sleep(0.1)
 
 
 def live_connection(gw: GatewayProcess, target: str = "web1", state: str = "connected") -> dict:

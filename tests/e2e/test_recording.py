@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cast_validator import validate_cast
 from harness.gateway import GatewayProcess
 from harness.sshd import TargetSshd
 from harness.tmux import TmuxTerminal
+from harness.waiting import poll, small_tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +27,6 @@ SECRET = "hunter2-SECRET"
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def poll(what: Callable[[], object], timeout: float = 10.0, message: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message or what}")
-        time.sleep(0.1)
 
 
 def shell_in_tmux(
@@ -345,19 +334,13 @@ async def test_recording_failure_continues_when_configured(
 def small_recordings_fs(gateway: GatewayProcess) -> Iterator[Path]:
     """The running daemon's recordings directory on a 64 KiB tmpfs (to fill it)."""
     rec = gateway.data_dir / "recordings"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "shellgate-test", str(rec)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield rec
-    finally:
-        with contextlib.suppress(Exception):
-            gateway.cleanup()
-        subprocess.run(["umount", "-l", str(rec)], capture_output=True, check=False)
+    with small_tmpfs(rec, "64k"):
+        try:
+            yield rec
+        finally:
+            # the daemon holds files on it: stop it before the unmount
+            with contextlib.suppress(Exception):
+                gateway.cleanup()
 
 
 def test_disk_full_mid_session_closes_with_error(
