@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -959,28 +958,8 @@ async def _store_async(directory: Path, sizes: Sizes) -> dict[str, Any]:
     qdir = directory / "query"
     qdir.mkdir(exist_ok=True)
     db = qdir / "shellgate.db"
-    s = SqliteStore(db)
-    await s.open()
-    await s.close()
     total = sizes.store_rows
-    chunk = 100_000
-    with sqlite3.connect(db) as conn:
-        for start in range(0, total, chunk):
-            conn.executemany(
-                "INSERT INTO commands (time, connection_id, user_name, target, target_user,"
-                " command) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                        r.connection_id,
-                        r.user,
-                        r.target,
-                        r.target_user,
-                        r.command,
-                    )
-                    for r in bs.commands(min(chunk, total - start), start)
-                ],
-            )
+    await bs.fill_commands(db, total)
     since = bs.T0 + timedelta(seconds=total - 50_000)
     times = []
     rows: list[Any] = []

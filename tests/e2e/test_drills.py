@@ -23,7 +23,7 @@ import pytest
 from cast_validator import validate_cast
 from harness.gateway import GatewayProcess
 from harness.sshd import TargetSshd
-from harness.waiting import small_tmpfs
+from harness.waiting import poll_async, small_tmpfs
 
 from gateway.control import control_request
 
@@ -110,15 +110,7 @@ async def task_count(gw: GatewayProcess) -> int:
     return int(reply["tasks"])
 
 
-async def wait_for(what: Callable[[], Any], timeout: float = 15.0, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message or what}")
-        await asyncio.sleep(0.2)
+wait_for = poll_async
 
 
 def connections(gw: GatewayProcess, **filters: str) -> list[dict[str, Any]]:

@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 
-def poll(what: Callable[[], object], timeout: float = 10.0, message: str = "") -> object:
+def poll(what: Callable[[], Any], timeout: float = 10.0, message: str = "") -> Any:
     """Call ``what`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
+    while not (value := what()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message or what}")
         time.sleep(0.1)
+    return value
+
+
+async def poll_async(
+    what: Callable[[], Any], timeout: float = 15.0, message: str = "", interval: float = 0.2
+) -> Any:
+    """``poll`` for tests whose own event loop must keep running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not (value := what()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message or what}")
+        await asyncio.sleep(interval)
+    return value
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from store.events import (
     ConnectedEvent,
     DisconnectedEvent,
     OpenEvent,
+    format_time,
     new_id,
 )
 
@@ -93,13 +94,12 @@ async def through_writer(path: Path, records: list, label: str) -> None:
     )
 
 
-async def query_bench(path: Path, total: int) -> None:
-    # The bulk of the rows goes in with plain sqlite3 (setup, not the thing
-    # measured); the rows are the ones the writer would write.
+async def fill_commands(path: Path, total: int, chunk: int = 100_000) -> None:
+    """A store at ``path`` holding ``total`` command rows as the writer lays them
+    out. The bulk goes in with plain sqlite3: setup, not the thing measured."""
     store = SqliteStore(path)
     await store.open()
     await store.close()
-    chunk = 100_000
     with sqlite3.connect(path) as db:
         for start in range(0, total, chunk):
             db.executemany(
@@ -107,16 +107,20 @@ async def query_bench(path: Path, total: int) -> None:
                 " command) VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        r.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        format_time(r.time),
                         r.connection_id,
                         r.user,
                         r.target,
                         r.target_user,
                         r.command,
                     )
-                    for r in commands(chunk, start)
+                    for r in commands(min(chunk, total - start), start)
                 ],
             )
+
+
+async def query_bench(path: Path, total: int) -> None:
+    await fill_commands(path, total)
     async with SqliteStore(path, readonly=True) as ro:
         since = T0 + timedelta(seconds=total - 50_000)  # the last 5% of the time span
         cases = {
