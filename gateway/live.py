@@ -421,14 +421,12 @@ class SessionRegistry:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._by_id: dict[str, LiveConnection] = {}
-        self.changed = asyncio.Event()
 
     def add(self, conn: LiveConnection) -> None:
         self._by_id[conn.id] = conn
 
     def forget(self, conn: LiveConnection) -> None:
         self._by_id.pop(conn.id, None)
-        self.changed.set()
 
     def get(self, connection_id: str) -> LiveConnection | None:
         return self._by_id.get(connection_id)

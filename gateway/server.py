@@ -21,7 +21,7 @@ import asyncssh
 import structlog
 
 from config.models import Target, User
-from gateway.live import Attachment, LiveConnection, PtyRequest
+from gateway.live import LiveConnection, PtyRequest
 from gateway.pool import TargetError
 from gateway.recording import RecordingError
 from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
@@ -567,6 +567,3 @@ class TargetSession(asyncssh.SSHClientSession[bytes]):
                 client.chan.close()
         except (OSError, asyncssh.Error):
             pass
-
-
-_ = Attachment  # ClientSession satisfies the Attachment protocol structurally
