@@ -1,0 +1,136 @@
+"""gateway.sshtune's wraps of asyncssh, each against plain in-process asyncssh
+peers: the behaviour the wrap must keep (keepalive probes after silence, AES-GCM
+across rekeys, packet logs at debug level 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncssh
+import pytest
+
+from gateway import sshtune
+
+GCM = ["aes128-gcm@openssh.com"]
+
+
+SERVER_CONNS: list[asyncssh.SSHServerConnection] = []
+
+
+class _Server(asyncssh.SSHServer):
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        SERVER_CONNS.append(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # no auth needed
+
+
+async def _process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    cmd = process.command or ""
+    if cmd.startswith("tick "):
+        # one small write every `interval` seconds, `count` times
+        interval, count = float(cmd.split()[1]), int(cmd.split()[2])
+        for i in range(count):
+            process.stdout.write(b"t%d\n" % i)
+            await asyncio.sleep(interval)
+        process.exit(0)
+    else:  # echo stdin back until EOF
+        while data := await process.stdin.read(65536):
+            process.stdout.write(data)
+        process.exit(0)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Any]:
+    sshtune.install()
+    SERVER_CONNS.clear()
+    srv = await asyncssh.create_server(
+        _Server,
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        process_factory=_process,
+        encoding=None,
+        encryption_algs=GCM,
+    )
+    try:
+        yield srv
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def _connect(server: Any, **kw: Any) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        server.get_port(),
+        username="u",
+        known_hosts=None,
+        config=None,
+        agent_path=None,
+        client_keys=None,
+        encryption_algs=GCM,
+        **kw,
+    )
+
+
+async def test_keepalive_is_rearmed_by_traffic_and_probes_after_silence(server: Any) -> None:
+    conn = await _connect(server, keepalive_interval=0.3, keepalive_count_max=3)
+    probes: list[float] = []
+    original = conn._make_keepalive_request
+
+    async def counted() -> None:
+        probes.append(asyncio.get_running_loop().time())
+        await original()
+
+    conn._make_keepalive_request = counted  # type: ignore[method-assign]
+    async with conn:
+        # traffic every 0.1 s for 1.2 s: the 0.3 s keepalive never fires
+        r = await conn.run("tick 0.1 12", encoding=None)
+        assert r.exit_status == 0
+        assert probes == []
+        # then silence: a probe within ~one interval, answered, connection kept
+        await asyncio.sleep(0.8)
+        assert probes, "no keepalive probe after 0.8 s of silence"
+        assert conn._keepalive_count == 0  # the server answered
+        r = await conn.run("tick 0 1", encoding=None)
+        assert r.stdout == b"t0\n"
+
+
+async def test_keepalive_closes_a_silent_peer(server: Any) -> None:
+    conn = await _connect(server, keepalive_interval=0.2, keepalive_count_max=1)
+    async with conn:
+        # the server stops reading (and so stops answering): the client gives up
+        SERVER_CONNS[-1]._transport.pause_reading()
+        await asyncio.wait_for(conn.wait_closed(), 5)
+
+
+async def test_gcm_relays_exactly_across_rekeys(server: Any) -> None:
+    """The cached AES-GCM context belongs to one key: with a rekey every 64 KiB,
+    2 MB each way must still arrive byte for byte."""
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    async with await _connect(server, rekey_bytes=65536) as conn:
+        r = await conn.run("echo", input=payload, encoding=None)
+        assert r.stdout == payload
+        assert conn.get_extra_info("send_cipher") == GCM[0]
+
+
+async def test_packet_logs_still_appear_at_debug_level_3(
+    server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with await _connect(server) as conn:
+        caplog.set_level(logging.DEBUG, logger="asyncssh")
+        asyncssh.set_debug_level(3)
+        try:
+            await conn.run("tick 0 1", encoding=None)
+        finally:
+            asyncssh.set_debug_level(1)
+        logged = caplog.text
+        caplog.clear()
+        await conn.run("tick 0 1", encoding=None)
+        quiet = caplog.text
+    assert "MSG_CHANNEL_DATA" in logged
+    assert "MSG_CHANNEL_DATA" not in quiet
