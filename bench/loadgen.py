@@ -6,12 +6,18 @@ gateway over ``--sessions / --per-conn`` client SSH connections (an agent
 fleet: several sessions per connection), ramping up ``--batch`` sessions at a
 time. A tenth of them (``--stream-frac``) run a streaming loop in the target
 shell (one ~60-byte line every ``--stream-interval`` seconds, no fork per line);
-the others type ``echo hi-N`` every ~``--type-every`` seconds one keystroke at a
-time, and each keystroke's echo latency is measured (write 1 byte, time until
-that byte comes back). ``--probes`` sessions do the same typing straight to
-the target sshd (no gateway) over one connection from this same process: the
-control that tells the gateway's share of the latency from this process's and
-the machine's.
+the others type ``echo hi-N-K`` (a 12-16 key command line) every
+~``--type-every`` seconds, one keystroke at a time at a human pace (a key every
+``--key-interval`` seconds, about 80 words a minute), and each keystroke's echo
+latency is measured (write 1 byte, time until that byte comes back).
+``--probes`` sessions do the same typing straight to the target sshd (no
+gateway) over one connection from this same process: the control that tells
+the gateway's share of the latency from this process's and the machine's.
+
+The load generator stands in for people's OpenSSH clients, so its asyncssh is
+tuned like the gateway's (``gateway.sshtune``): above all, no empty
+SSH_MSG_IGNORE before every packet, which OpenSSH clients don't send and which
+would double the packets the gateway has to open per keystroke.
 
 Protocol on stdout, one JSON object per line: ``{"event": "progress", ...}``
 while ramping, ``{"event": "ramped", ...}`` when every session is open (or
@@ -35,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+
+from gateway import sshtune
 
 PROMPT = b"# "  # the harness's PS1 is '\u@target:\w\$ ' and we log in as root
 
@@ -153,7 +161,9 @@ async def connect(host: str, port: int, login: str, key: str, timeout: float) ->
     )
 
 
-async def typer(slot: Slot, stats: Stats, stop: asyncio.Event, every: float, seed: int) -> None:
+async def typer(
+    slot: Slot, stats: Stats, stop: asyncio.Event, every: float, key_interval: float, seed: int
+) -> None:
     rnd = random.Random(seed)
     sess, chan = slot.sess, slot.chan
     assert sess is not None and chan is not None
@@ -177,6 +187,9 @@ async def typer(slot: Slot, stats: Stats, stop: asyncio.Event, every: float, see
                 )
                 if stats.phase != "done":
                     stats.lat[phase].append(ms)
+                pause = key_interval - ms / 1000
+                if pause > 0:
+                    await asyncio.sleep(pause)
             start = len(sess.buf)
             t0 = time.perf_counter()
             chan.write(b"\r")
@@ -252,7 +265,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             slot.chan.write(stream_cmd)
         else:
             tasks.append(
-                asyncio.create_task(typer(slot, stats, stop_typing, a.type_every, slot.idx))
+                asyncio.create_task(
+                    typer(slot, stats, stop_typing, a.type_every, a.key_interval, slot.idx)
+                )
             )
 
     if a.warmup:
@@ -408,11 +423,14 @@ def main() -> int:
     ap.add_argument("--batch-pause", type=float, default=0.2)
     ap.add_argument("--stream-frac", type=float, default=0.1)
     ap.add_argument("--stream-interval", type=float, default=0.1)
-    ap.add_argument("--type-every", type=float, default=3.0)
+    ap.add_argument("--type-every", type=float, default=5.0, help="seconds per command cycle")
+    ap.add_argument("--key-interval", type=float, default=0.15, help="seconds between keys")
     ap.add_argument("--hold", type=float, default=30.0)
     ap.add_argument("--open-timeout", type=float, default=30.0)
     ap.add_argument("--deadline", type=float, default=240.0)
     a = ap.parse_args()
+
+    sshtune.install()
 
     async def bounded() -> dict[str, Any]:
         return await asyncio.wait_for(main_async(a), a.deadline)
