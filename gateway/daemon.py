@@ -183,25 +183,30 @@ class Gateway:
         warning the client ``idle_warning`` seconds before."""
         while True:
             await asyncio.sleep(1)
-            now = time.monotonic()
-            for live in self.registry:
-                limit = live.idle_timeout
-                if limit <= 0 or live.closed or live.client is None:
-                    continue
-                idle = now - live.last_input
-                warn_at = max(limit - self.config.gateway.idle_warning, limit * 0.5)
-                if idle >= limit:
-                    live.close(
-                        CloseReason.IDLE_TIMEOUT, SYSTEM, f"no input for {limit:g}s (idle_timeout)"
+            # One call per tick: a loop variable here would keep the last
+            # connection (recording, screens, channels) alive for as long as
+            # the registry stays empty after it closed.
+            self._check_idle(time.monotonic())
+
+    def _check_idle(self, now: float) -> None:
+        for live in self.registry:
+            limit = live.idle_timeout
+            if limit <= 0 or live.closed or live.client is None:
+                continue
+            idle = now - live.last_input
+            warn_at = max(limit - self.config.gateway.idle_warning, limit * 0.5)
+            if idle >= limit:
+                live.close(
+                    CloseReason.IDLE_TIMEOUT, SYSTEM, f"no input for {limit:g}s (idle_timeout)"
+                )
+            elif idle >= warn_at and not live.idle_warned:
+                live.idle_warned = True
+                left = int(limit - idle)
+                if live.kind is ConnectionKind.SHELL:
+                    live.client.chan.write_stderr(
+                        f"\r\nshellgate: idle for {int(idle)}s; closing in {left}s "
+                        f"unless you type something\r\n".encode()
                     )
-                elif idle >= warn_at and not live.idle_warned:
-                    live.idle_warned = True
-                    left = int(limit - idle)
-                    if live.kind is ConnectionKind.SHELL:
-                        live.client.chan.write_stderr(
-                            f"\r\nshellgate: idle for {int(idle)}s; closing in {left}s "
-                            f"unless you type something\r\n".encode()
-                        )
 
     def reload(self, actor: str = SYSTEM) -> list[str]:
         """Re-read the config; close what it no longer allows. Returns problems
