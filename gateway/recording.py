@@ -195,7 +195,7 @@ class SessionRecording:
             self.writer.marker(t, f"binary output: {self._binary_bytes} bytes")
         self.writer.marker(t, f"closed: {reason.value}")
         if self._fd is not None:
-            self._write(self.writer.take() + self.writer.finish(t))
+            self._write(self.writer.finish(t))  # finish() takes what is pending
         self._close_file()
 
 
