@@ -217,6 +217,11 @@ def main() -> None:
     )
     ap.add_argument("--profile", choices=list(MODES), help="cProfile one run of MODE")
     ap.add_argument(
+        "--dir",
+        help="where the casts go (default: a temporary directory; /dev/shm takes the "
+        "disk out of the figures)",
+    )
+    ap.add_argument(
         "--no-check",
         action="store_true",
         help="skip the cast check (when counting instructions of the whole process)",
@@ -236,7 +241,7 @@ def main() -> None:
         data = make_output(total, plain=args.data == "ascii")
     reads = chunks(data)
     kinds = args.kind or list(KINDS)
-    with tempfile.TemporaryDirectory(prefix="recmicro-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="recmicro-", dir=args.dir) as tmp:
         directory = Path(tmp)
         if args.profile:
             prof = cProfile.Profile()

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("shellgate.recording")
 
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+"""Buffers per ``os.writev`` call (Linux: 1024)."""
+
 
 class RecordingError(Exception):
     """A recording could not be started and ``on_failure`` says close."""
@@ -136,20 +139,31 @@ class SessionRecording:
     def flush(self) -> None:
         if self._fd is None:
             return
-        data = self.writer.take()
-        if data:
-            self._write(data)
+        parts = self.writer.take_parts()
+        if parts:
+            self._write(parts)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, parts: list[bytes]) -> None:
+        """Append ``parts`` (complete lines, in pieces) to the file with
+        ``writev``: a second of bulk output is tens of MB, and joining it first
+        cost a copy and the page faults of a fresh buffer."""
         if self._fd is None:
             return
         written = 0
+        todo: list[bytes | memoryview] = list(parts)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                written += n
-                view = view[n:]
+            i = 0
+            while i < len(todo):
+                batch = todo[i : i + _IOV_MAX]
+                done = os.writev(self._fd, batch)
+                written += done
+                # A short write: skip what went out, resume inside the part it cut.
+                for part in batch:
+                    if done < len(part):
+                        todo[i] = memoryview(part)[done:]
+                        break
+                    done -= len(part)
+                    i += 1
         except OSError as e:
             if written:
                 # A short write (disk full) left a torn line: cut it, so every
@@ -195,7 +209,7 @@ class SessionRecording:
             self.writer.marker(t, f"binary output: {self._binary_bytes} bytes")
         self.writer.marker(t, f"closed: {reason.value}")
         if self._fd is not None:
-            self._write(self.writer.finish(t))  # finish() takes what is pending
+            self._write(self.writer.finish_parts(t))  # finish() takes what is pending
         self._close_file()
 
 
