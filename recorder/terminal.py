@@ -93,9 +93,16 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
 
 
 class OutputTail:
-    """The last ``limit`` bytes (at least) of output, appended in O(1)
-    amortised: chunks are kept in a list and compacted only when the list
-    holds twice the limit."""
+    """The last ``limit`` bytes of output, appended in O(1) without copying:
+    chunks are kept in a list and the oldest ones are dropped as soon as the
+    rest holds ``limit`` bytes; they are joined only when there are more than
+    ``MAX_CHUNKS`` (a typist's one-byte echoes) or when ``get()`` asks.
+
+    Holds at most ``limit`` bytes plus one chunk (a bulk ``cat`` arrives in
+    reads of up to 32 KiB, each usually larger than the limit: compacting by
+    ``join`` + slice copied every byte of it once more)."""
+
+    MAX_CHUNKS = 64
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -103,10 +110,19 @@ class OutputTail:
         self._size = 0
 
     def append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > 2 * self.limit:
-            joined = b"".join(self._chunks)[-self.limit :]
+        chunks = self._chunks
+        chunks.append(data)
+        size = self._size + len(data)
+        limit = self.limit
+        if size - len(chunks[0]) >= limit:
+            drop = 0
+            while size - len(chunks[drop]) >= limit:
+                size -= len(chunks[drop])
+                drop += 1
+            del chunks[:drop]
+        self._size = size
+        if len(chunks) > self.MAX_CHUNKS:
+            joined = b"".join(chunks)[-limit:]
             self._chunks = [joined]
             self._size = len(joined)
 
@@ -133,7 +149,8 @@ cursor visibility, mouse reporting, bracketed paste, alternate screen."""
 class PrivateModes:
     """DEC private modes (``CSI ? n h/l``) from the output stream, cheap enough
     for every byte: a sequence split across two reads is caught by keeping the
-    last few bytes of the previous one, and reads without ESC cost one memchr.
+    last few bytes of the previous one, reads without ESC cost one memchr and
+    reads without ``?`` two.
     pyte 0.8 ignores the alternate screen, hence this."""
 
     def __init__(self) -> None:
@@ -152,7 +169,10 @@ class PrivateModes:
             return
         else:
             buf = data
-        if b"[?" in buf:
+        # Every such sequence has a "?": one memchr rules out most reads, where
+        # a search for "[?" crawled through coloured text full of "[" (~1.5 s
+        # per GB of output, twice per shell: the screen model and the extractor).
+        if b"?" in buf and b"\x1b[?" in buf:
             end = 0
             for m in _PRIVATE_MODE.finditer(buf):
                 on = m.group(2) == b"h"
