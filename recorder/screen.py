@@ -9,11 +9,19 @@ Why it is lazy: pyte emulates at a few MB/s, far below the relay's rate. So
 ``feed()`` only appends to a list of pending chunks and runs a byte search for
 DEC private modes (alternate screen, bracketed paste, cursor keys, mouse;
 ``PrivateModes``). pyte sees the pending bytes only when ``redraw()`` is
-called, or when they exceed ``BOUND``: then only the last ``BOUND`` bytes are
-kept and replayed. Feeding 100 MB therefore costs appends plus a few ``join``s
-of ``2 * BOUND``; a redraw costs at most one replay of ``BOUND`` bytes, and on
-the main screen (a shell) only of the last ``rows`` lines: a scrolling shell's
-screen is its last screenful, whatever came before.
+called; until then not even the emulator exists (a ``pyte`` screen and stream
+cost ~12 KiB per shell, and most shells are never reattached). A redraw costs
+at most one replay of ``BOUND`` bytes, and on the main screen (a shell) only
+of the last ``rows`` lines: a scrolling shell's screen is its last screenful,
+whatever came before.
+
+Memory (benchmark #5: 1,000 shells in one gateway): the pending bytes are
+kept small and in few objects. A shell on the main screen is trimmed to its
+last ``rows`` lines whenever its pending output passes ``COMPACT_BYTES`` (or
+twice what the last trim kept), the same cut a redraw makes, so a long-lived
+shell holds a few KiB however much it printed; a full-screen program keeps at
+most ``2 * BOUND`` (the replay bound). Chunks are joined every ``MAX_CHUNKS``
+appends, so a typist's one-keystroke echoes do not cost an object each.
 
 Where a replay of a tail starts (``resync_start``): at the last full clear or
 alternate-screen switch inside it if there is one (full-screen programs such
@@ -37,7 +45,7 @@ import re
 import pyte
 from pyte.graphics import BG_AIXTERM, BG_ANSI, FG_AIXTERM, FG_ANSI
 
-from recorder.terminal import ALT_MODES, OutputTail, PrivateModes, TrackedScreen, resync_start
+from recorder.terminal import ALT_MODES, PrivateModes, TrackedScreen, resync_start
 
 BOUND = 64 * 1024
 """Unreplayed output kept; beyond it the oldest bytes are dropped. Bounds the
@@ -46,6 +54,13 @@ replay a redraw inside a full-screen program can cost (~0.1 s of pyte)."""
 SHORTCUT_BYTES = 8 * 1024
 """Pending main-screen output above this is replayed from its last ``rows``
 lines only."""
+
+COMPACT_BYTES = 32 * 1024
+"""Pending output above this (and above twice what was kept last time) is
+compacted in ``feed``: a shell's trimmed to its last ``rows`` lines."""
+
+MAX_CHUNKS = 64
+"""Pending chunks are joined into one when there are more than this."""
 
 _FG = {name: code for code, name in {**FG_ANSI, **FG_AIXTERM}.items()}
 _BG = {name: code for code, name in {**BG_ANSI, **BG_AIXTERM}.items()}
@@ -56,29 +71,114 @@ _SANE_START = (b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[2J", b"\x1bc")
 class ScreenModel:
     """The visible screen of one shell, for redraw on reattach."""
 
+    __slots__ = (
+        "_blank",
+        "_compact_at",
+        "_dropped",
+        "_emulator",
+        "_in_alt",
+        "_modes",
+        "_pending",
+        "_pending_size",
+        "_saved_main",
+        "cols",
+        "rows",
+    )
+
     def __init__(self, cols: int, rows: int) -> None:
         self.cols = cols
         self.rows = rows
-        self._screen = TrackedScreen(cols, rows)
-        self._stream = pyte.ByteStream(self._screen)
-        self._pending = OutputTail(BOUND)
+        # pyte's screen and stream, made at the first catch-up (see the module doc).
+        self._emulator: tuple[TrackedScreen, pyte.ByteStream] | None = None
+        self._pending: list[bytes] = []  # output pyte has not seen yet
         self._pending_size = 0
+        self._compact_at = COMPACT_BYTES
+        self._dropped = False  # bytes were dropped from the front of _pending
+        self._blank = False  # _pending is a shell's last lines: replay it on a blank screen
         self._modes = PrivateModes()
         self._in_alt = False  # as far as pyte has been fed
         self._saved_main: tuple[list[list[pyte.screens.Char]], int, int] | None = None
+
+    @property
+    def _screen(self) -> TrackedScreen:
+        """The emulated screen (made on first use; tests look at it)."""
+        return self._ensure_emulator()[0]
+
+    def _ensure_emulator(self) -> tuple[TrackedScreen, pyte.ByteStream]:
+        if self._emulator is None:
+            screen = TrackedScreen(self.cols, self.rows)
+            self._emulator = (screen, pyte.ByteStream(screen))
+        return self._emulator
 
     def feed(self, data: bytes) -> None:
         """Output from the target. Cheap: emulation is deferred."""
         if not data:
             return
-        self._pending.append(data)
+        pending = self._pending
+        pending.append(data)
         self._pending_size += len(data)
         self._modes.feed(data)
+        if self._pending_size > self._compact_at or len(pending) > MAX_CHUNKS:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Join the pending chunks; cut a scrolling shell's output to its last
+        ``rows`` lines (what ``_catch_up`` would replay of it), and anything
+        to its last ``BOUND`` bytes once it passes ``2 * BOUND``."""
+        pending = self._pending
+        if self._pending_size > self._compact_at:
+            tail = self._shell_tail(pending)
+            if tail is not None:
+                data = tail
+                self._blank = True
+                self._dropped = False  # whatever was dropped before is cut off too
+            else:
+                data = b"".join(pending)
+            if len(data) > 2 * BOUND:  # no cut, or a few very long lines
+                data = data[-BOUND:]
+                self._dropped = True
+            # Amortised: the next attempt only after as many bytes again.
+            self._compact_at = min(max(COMPACT_BYTES, 2 * len(data)), 2 * BOUND)
+        else:
+            data = b"".join(pending)
+        self._pending = [data] if data else []
+        self._pending_size = len(data)
+
+    def _shell_tail(self, pending: list[bytes]) -> bytes | None:
+        """The last ``rows`` lines of ``pending`` (from a full clear among them
+        if there is one) when the main screen is shown and no alternate-screen
+        switch is among them; None when there is no such cut. Looks only at
+        the end of ``pending``, so a cut costs what it keeps."""
+        if self._modes.alt:
+            return None
+        need = self.rows
+        i = len(pending)
+        while i > 0:
+            i -= 1
+            chunk = pending[i]
+            end = len(chunk)
+            while need:
+                end = chunk.rfind(b"\n", 0, end)
+                if end < 0:
+                    break
+                need -= 1
+            if not need:
+                break
+        else:
+            return None  # fewer than ``rows`` lines
+        tail = b"".join([chunk[end + 1 :], *pending[i + 1 :]])
+        if _ALT_SWITCH.search(tail):
+            return None
+        clear = max(tail.rfind(b"\x1b[2J"), tail.rfind(b"\x1bc"))
+        return tail[clear:] if clear > 0 else tail
 
     def resize(self, cols: int, rows: int) -> None:
-        self._catch_up()
+        if self._emulator is None and not self._pending_size and not self._blank:
+            self.cols, self.rows = cols, rows  # nothing drawn yet: made at the new size
+            return
+        self._catch_up()  # what was drawn at the old size stays as it was drawn
         self.cols, self.rows = cols, rows
-        self._screen.resize(rows, cols)
+        self._ensure_emulator()[0].resize(rows, cols)
 
     @property
     def alternate_screen(self) -> bool:
@@ -140,40 +240,62 @@ class ScreenModel:
     # -- emulation -------------------------------------------------------
 
     def _catch_up(self) -> None:
-        if not self._pending_size:
+        if not self._pending_size and not self._blank and self._emulator is not None:
             return
-        overflowed = self._pending_size > BOUND
-        data = self._pending.get()
-        self._pending.clear()
+        screen, _ = self._ensure_emulator()
+        data = b"".join(self._pending)
+        overflowed = self._dropped or len(data) > BOUND
+        data = data[-BOUND:]
+        blank = self._blank
+        self._pending = []
         self._pending_size = 0
-        if len(data) > SHORTCUT_BYTES and not self._modes.alt and not _ALT_SWITCH.search(data):
+        self._compact_at = COMPACT_BYTES
+        self._dropped = self._blank = False
+        if (
+            (blank or len(data) > SHORTCUT_BYTES)
+            and not self._modes.alt
+            and not _ALT_SWITCH.search(data)
+        ):
             # A scrolling shell: the screen is the last ``rows`` lines, so only
             # they are replayed, on a blank screen (pyte runs at ~1 MB/s; a
             # reattach must not wait for a 64 KiB replay). A full clear after
-            # their start is an even later start.
+            # their start is an even later start. (``blank``: already cut so,
+            # and whatever came since is replayed on blank just the same.)
             start = _last_lines_start(data, self.rows)
             if start > 0:
                 clear = max(data.rfind(b"\x1b[2J"), data.rfind(b"\x1bc"))
-                self._screen.reset()
+                self._reset_to_blank(screen)
                 self._feed_pyte(data[max(start, clear) :])
                 return
+        if blank:
+            # ``feed`` already cut a scrolling shell to its last lines.
+            self._reset_to_blank(screen)
         if overflowed:
             # Bytes were dropped: replay from a boundary (a clear or an
             # alternate-screen switch, which repaint from blank by themselves,
             # or a line start), drawn over what the screen showed before.
             data = resync_start(data)
-            if not data.startswith(_SANE_START) and self._in_alt != self._modes.alt:
+            if not blank and not data.startswith(_SANE_START) and self._in_alt != self._modes.alt:
                 # The dropped bytes switched screens; the tail has no switch.
                 self._switch(self._modes.alt)
         self._feed_pyte(data)
 
+    def _reset_to_blank(self, screen: TrackedScreen) -> None:
+        screen.reset()
+        if not self._modes.alt:
+            # The main screen is being replayed from blank: any alternate
+            # screen pyte was on was left in the cut-off bytes.
+            self._in_alt = False
+            self._saved_main = None
+
     def _feed_pyte(self, data: bytes) -> None:
+        _, stream = self._ensure_emulator()
         pos = 0
         for m in _ALT_SWITCH.finditer(data):
-            self._stream.feed(data[pos : m.start()])
+            stream.feed(data[pos : m.start()])
             pos = m.end()
             self._switch(m.group().endswith(b"h"))
-        self._stream.feed(data[pos:])
+        stream.feed(data[pos:])
 
     def _switch(self, to_alt: bool) -> None:
         s = self._screen
