@@ -214,3 +214,20 @@ def test_asciinema_cat_reads_it(tmp_path: Path) -> None:
 def test_validator_rejects(bad: bytes) -> None:
     with pytest.raises((AssertionError, ValueError)):
         validate_cast(bad)
+
+
+@pytest.mark.parametrize("with_strcspn", [True, False], ids=["strcspn", "memchr-only"])
+def test_every_ascii_byte_survives_json(
+    with_strcspn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each control byte alone in a long event (the rare ones are found by
+    strcspn when libc has it, one memchr each otherwise), and all together."""
+    import recorder.cast as cast
+
+    if not with_strcspn:
+        monkeypatch.setattr(cast, "_strcspn", None)
+    filler = b"x" * 5000
+    steps = [("output", float(c), filler + bytes((c,)) + filler) for c in range(0x80)]
+    steps.append(("output", 200.0, bytes(range(0x80)) * 3 + "é😀".encode()))
+    evs = events(run(writer(), steps))
+    assert [e[2] for e in evs] == [s[2].decode() for s in steps]
