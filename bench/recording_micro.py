@@ -78,6 +78,7 @@ def make_output(total: int, seed: int = 42, plain: bool = False) -> bytes:
         "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10)))
         for _ in range(400)
     ]
+    plain_words = list(words)
     words += ["café", "naïve", "Größe", "résumé", "日本語", "данные", "→", "✓", "😀", '"q"', "a\\b"]
     levels = ["INFO ", "DEBUG", "WARN ", "ERROR"]
     colours = ["\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[1;34m"]
@@ -87,14 +88,14 @@ def make_output(total: int, seed: int = 42, plain: bool = False) -> bytes:
     while size < 4 << 20:
         n += 1
         if plain:
-            body = " ".join(rnd.choice(words[:400]) for _ in range(rnd.randint(3, 14)))
+            body = " ".join(rnd.choice(plain_words) for _ in range(rnd.randint(3, 14)))
             line = f"{size:>10} {body}\r\n"
             lines.append(line)
             size += len(line)
             continue
-        body = " ".join(rnd.choice(words[:400]) for _ in range(rnd.randint(3, 14)))
+        body = " ".join(rnd.choice(plain_words) for _ in range(rnd.randint(3, 14)))
         if rnd.random() < 0.125:
-            body += " " + rnd.choice(words[400:])
+            body += " " + rnd.choice(words[len(plain_words) :])
         lvl = rnd.randrange(4)
         level = levels[lvl]
         if rnd.random() < 1 / 6:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -154,7 +155,7 @@ class CastWriter:
         self._pending = []
         # Usually already ordered; timsort makes that O(n). Stable, so events at
         # the same time keep their call order.
-        pending.sort(key=_time_of)
+        pending.sort(key=_time_of)  # C itemgetter: no Python call per read
         parts: list[bytes] = []
         n = len(pending)
         i = 0
@@ -363,5 +364,4 @@ def _incomplete_tail(raw: bytes) -> int:
     return 0
 
 
-def _time_of(event: tuple[float, int, Any]) -> float:
-    return event[0]
+_time_of = operator.itemgetter(0)
