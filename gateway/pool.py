@@ -4,6 +4,12 @@ Channels for the same (target, login) share one SSH connection, up to the
 target's channel limit (OpenSSH's MaxSessions defaults to 10), so a second
 session skips the handshake. A pooled connection that dies takes only its own
 channels down; the next request dials afresh.
+
+A burst of new sessions (an agent fleet connecting) reserves slots on a
+connection while it is still being dialled, and needs more than one new
+connection at a time: up to ``PARALLEL_DIALS`` dials per (target, login) run
+at once, below OpenSSH's MaxStartups (10) so sshd never starts dropping them.
+A failed dial fails the sessions waiting for it with the same error.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import structlog
 from config.models import Target
 
 log = structlog.get_logger("shellgate.pool")
+
+PARALLEL_DIALS = 4
 
 
 class TargetError(Exception):
@@ -38,7 +46,8 @@ def trust_for(target: Target) -> asyncssh.SSHKnownHosts | tuple[list[asyncssh.SS
 
 @dataclass(eq=False)
 class _Pooled:
-    conn: asyncssh.SSHClientConnection
+    dialed: asyncio.Future[asyncssh.SSHClientConnection]
+    conn: asyncssh.SSHClientConnection | None = None  # None while dialling
     channels: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     retiring: bool = False  # close() was called; wait_closed has not finished
@@ -64,7 +73,8 @@ class TargetPool:
         self._macs = macs
         self._default_max = default_max_channels
         self._pools: dict[tuple[str, str], list[_Pooled]] = {}
-        self._dialing: dict[tuple[str, str], asyncio.Lock] = {}
+        self._dial_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def acquire(
         self, target: Target, login: str
@@ -73,18 +83,54 @@ class TargetPool:
         Call ``release`` with the returned slot when the channel closes."""
         key = (target.name, login)
         limit = target.max_channels or self._default_max
-        lock = self._dialing.setdefault(key, asyncio.Lock())
-        async with lock:  # one dial at a time per key, so bursts share it
-            for p in self._pools.get(key, []):
-                if p.usable and p.channels < limit:
-                    p.channels += 1
-                    return p.conn, p
-            conn = await self._dial(target, login)
-            p = _Pooled(conn)
-            p.channels = 1
-            self._pools.setdefault(key, []).append(p)
-            asyncio.get_running_loop().create_task(self._watch(key, p))
-            return conn, p
+        pooled = self._pools.setdefault(key, [])
+        # No await between looking and reserving: the slot is ours.
+        for p in pooled:
+            if p.usable and p.channels < limit:
+                break
+        else:
+            loop = asyncio.get_running_loop()
+            p = _Pooled(loop.create_future())
+            pooled.append(p)
+            task = loop.create_task(self._dial_into(key, p, target, login))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        p.channels += 1
+        try:
+            conn = await asyncio.shield(p.dialed)
+        except BaseException:
+            p.channels -= 1
+            raise
+        return conn, p
+
+    async def _dial_into(
+        self, key: tuple[str, str], p: _Pooled, target: Target, login: str
+    ) -> None:
+        slots = self._dial_slots.setdefault(key, asyncio.Semaphore(PARALLEL_DIALS))
+        try:
+            async with slots:
+                conn = await self._dial(target, login)
+        except BaseException as e:
+            p.closed.set()
+            pooled = self._pools.get(key, [])
+            if p in pooled:
+                pooled.remove(p)
+            if not p.dialed.done():
+                p.dialed.set_exception(
+                    e if isinstance(e, TargetError) else TargetError(f"target {target.name}: {e}")
+                )
+                p.dialed.exception()  # retrieved: no "never retrieved" warning without waiters
+            if not isinstance(e, Exception):
+                raise
+            return
+        p.conn = conn
+        if p.retiring:  # the target left the config while we dialled
+            conn.close()
+            p.dialed.set_exception(TargetError(f"target {target.name} was removed"))
+            p.dialed.exception()
+        else:
+            p.dialed.set_result(conn)
+        await self._watch(key, p)
 
     def release(self, slot: _Pooled) -> None:
         slot.channels -= 1
@@ -93,7 +139,7 @@ class TargetPool:
             for pooled in self._pools.values():
                 if slot in pooled:
                     idle = [p for p in pooled if p.channels <= 0 and p.usable]
-                    if len(idle) > 1:
+                    if len(idle) > 1 and slot.conn is not None:
                         # A connection being closed must not be handed out:
                         # its next channel would fail "SSH connection closed".
                         slot.retiring = True
@@ -101,6 +147,7 @@ class TargetPool:
                     break
 
     async def _watch(self, key: tuple[str, str], p: _Pooled) -> None:
+        assert p.conn is not None
         try:
             await p.conn.wait_closed()
         finally:
@@ -161,10 +208,13 @@ class TargetPool:
             if tname == name:
                 for p in pooled:
                     p.retiring = True
-                    p.conn.close()
+                    if p.conn is not None:
+                        p.conn.close()
 
     async def close(self) -> None:
-        conns = [p.conn for pooled in self._pools.values() for p in pooled]
+        for p in [p for pooled in self._pools.values() for p in pooled if p.conn is None]:
+            p.retiring = True  # a dial still under way: closed when it lands
+        conns = [p.conn for pooled in self._pools.values() for p in pooled if p.conn is not None]
         for c in conns:
             c.close()
         for c in conns:
@@ -172,4 +222,6 @@ class TargetPool:
                 await asyncio.wait_for(c.wait_closed(), 5)
             except (TimeoutError, Exception):  # closing anyway; nothing to tell anyone
                 pass
+        for task in list(self._tasks):
+            task.cancel()
         self._pools.clear()

@@ -16,7 +16,7 @@ import asyncssh
 import pytest
 
 from config.loader import parse_config
-from gateway import sshtune
+from gateway import pool, sshtune
 from gateway.daemon import Gateway
 from store.base import QueryFilter
 from store.sqlite import SqliteStore
@@ -28,6 +28,9 @@ class TargetStats:
     logins: int = 0
     sessions: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    auth_delay: float = 0.0
+    in_auth: int = 0
+    max_in_auth: int = 0
 
 
 async def _target_process(process: asyncssh.SSHServerProcess[bytes], stats: TargetStats) -> None:
@@ -71,7 +74,14 @@ class _CountingServer(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        st = self.stats
+        st.in_auth += 1
+        st.max_in_auth = max(st.max_in_auth, st.in_auth)
+        try:
+            await asyncio.sleep(st.auth_delay)
+        finally:
+            st.in_auth -= 1
         return True
 
 
@@ -184,6 +194,18 @@ async def test_channels_share_one_pooled_target_connection(rig: Rig) -> None:
             assert r.stdout == b"x" * 10
     assert rig.stats.logins == 1
     assert rig.stats.sessions == 3
+
+
+async def test_a_burst_of_sessions_dials_target_connections_in_parallel(rig: Rig) -> None:
+    """25 sessions at once, 10 channels per target connection: three logins,
+    dialled side by side (the target is slow to authenticate), every session
+    waiting for its reserved slot on a connection still being dialled."""
+    rig.stats.auth_delay = 0.3
+    async with await rig.client() as conn:
+        results = await asyncio.gather(*(conn.run("produce 10", encoding=None) for _ in range(25)))
+    assert [r.stdout for r in results] == [b"x" * 10] * 25
+    assert rig.stats.logins == 3
+    assert 2 <= rig.stats.max_in_auth <= pool.PARALLEL_DIALS
 
 
 async def test_sshtune_halves_the_packets_on_the_wire(rig: Rig) -> None:
