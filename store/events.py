@@ -7,7 +7,8 @@ interface contract (DESIGN.md, "Events" and "Queries"); change them only with it
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -16,8 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 
 def new_id() -> str:
-    """A fresh random identifier (UUID4, canonical text form)."""
-    return str(uuid.uuid4())
+    """A fresh identifier: a UUID version 7 (RFC 9562) in canonical text form.
+
+    48 bits of Unix time in milliseconds, then 74 random bits. Time-ordered ids
+    are what keeps the store's writer fast: a connection id is a key in several
+    indexes (the connections primary key, events by connection, commands by
+    connection), and a new random (v4) key lands on a random leaf page of each,
+    so every row written dirtied (and re-wrote to the WAL) one more page per
+    index, more so as the indexes grow. A v7 key lands at the right-hand edge.
+    The ids are still unguessable (74 random bits); they reveal the creation
+    time, which ``opened_at`` shows anyway.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10))
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80  # unix_ts_ms
+        | 0x7 << 76  # version 7
+        | (rand >> 68) << 64  # rand_a: 12 bits
+        | 0b10 << 62  # variant
+        | rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b: 62 bits
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_now() -> datetime:
