@@ -73,10 +73,14 @@ CRASHED_MESSAGE = "gateway stopped uncleanly; found at start-up"
 
 
 def _text_time(t: datetime) -> str:
-    """``format_time``, about twice as fast (the writer calls it per record)."""
+    """``format_time``, ~2.5x as fast (the writer calls it per record;
+    %-formatting measured ~1.1 us against 1.9 for isoformat + slice, 2.9 for
+    strftime or an f-string with format specs)."""
     if t.tzinfo is not UTC:
         t = t.astimezone(UTC)
-    return t.isoformat(timespec="microseconds")[:26] + "Z"
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond,
+    )  # fmt: skip
 
 
 def store_path(data_dir: Path) -> Path:
@@ -149,6 +153,11 @@ _INSERT_CONNECTION = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 _STATE, _CLOSE_COLUMNS = 7, slice(9, 15)  # positions in an _INSERT_CONNECTION row
+# the state column's values, as plain str (an enum's .value is a property call)
+_OPEN = ConnectionState.OPEN.value
+_CLOSED = ConnectionState.CLOSED.value
+_CONNECTED = ConnectionState.CONNECTED.value
+_DETACHED = ConnectionState.DETACHED.value
 # closed is final: a late connected/disconnected must not reopen a closed row,
 # and only the first closed event fills in the close columns.
 _UPDATE_STATE = "UPDATE connections SET state = ? WHERE id = ? AND state <> 'closed'"
@@ -199,7 +208,7 @@ class _Rows:
                 if row is None:
                     self.opened[cid] = [
                         cid, r.user, r.target, r.target_user, r.client_addr, r.kind.value,
-                        r.name, ConnectionState.OPEN.value, t, None, None, None, None, 0, 0,
+                        r.name, _OPEN, t, None, None, None, None, 0, 0,
                         r.cast_path,
                     ]  # fmt: skip
             elif isinstance(r, ClosedEvent):
@@ -208,20 +217,16 @@ class _Rows:
                     int(r.bytes_in), int(r.bytes_out),
                 )  # fmt: skip
                 if row is not None:
-                    if row[_STATE] != ConnectionState.CLOSED.value:
-                        row[_STATE] = ConnectionState.CLOSED.value
+                    if row[_STATE] != _CLOSED:
+                        row[_STATE] = _CLOSED
                         row[_CLOSE_COLUMNS] = closing
                 elif cid not in self.closed:
                     self.closed[cid] = (*closing, cid)
                     self.moved.pop(cid, None)
             else:
-                state = (
-                    ConnectionState.CONNECTED
-                    if isinstance(r, ConnectedEvent)
-                    else ConnectionState.DETACHED
-                ).value
+                state = _CONNECTED if isinstance(r, ConnectedEvent) else _DETACHED
                 if row is not None:
-                    if row[_STATE] != ConnectionState.CLOSED.value:
+                    if row[_STATE] != _CLOSED:
                         row[_STATE] = state
                 elif cid not in self.closed:
                     self.moved[cid] = state
