@@ -24,8 +24,11 @@ from store.events import (
 )
 
 
-async def test_ten_thousand_events_in_ten_thousand_rows_out_in_order(db_path: Path) -> None:
-    s = SqliteStore(db_path, batch_size=1000)
+@pytest.mark.parametrize("batch_size", [1000, None])  # None: the default, one batch
+async def test_ten_thousand_events_in_ten_thousand_rows_out_in_order(
+    db_path: Path, batch_size: int | None
+) -> None:
+    s = SqliteStore(db_path) if batch_size is None else SqliteStore(db_path, batch_size=batch_size)
     await s.open()
     sent: list[AnyEvent] = []
     for i in range(2500):
@@ -138,6 +141,66 @@ async def test_writer_survives_bad_records(store: SqliteStore) -> None:
     store.emit(ConnectedEvent(connection_id="a", time=at(3), **who()))
     await store.flush()
     assert (await store.connection("a")).state == "connected"  # type: ignore[union-attr]
+
+
+async def test_a_bad_record_in_a_big_batch_is_found_by_halving(store: SqliteStore) -> None:
+    def command(i: int, **extra: object) -> CommandRecord:
+        return CommandRecord(
+            time=at(i), connection_id="c", user="u", target="t", target_user="l",
+            command=f"echo {i}", **extra,
+        )  # fmt: skip
+
+    sent = [command(i) for i in range(1000)]
+    # passes the model, fails in sqlite: an int too big for its INTEGER column
+    bad = ClosedEvent(
+        connection_id="c", time=at(500), reason=CloseReason.ERROR, closed_by="system",
+        bytes_out=2**70, **who(),
+    )  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        for r in sent[:700]:
+            store.emit(r)
+        store.emit(bad)
+        for r in sent[700:]:
+            store.emit(r)
+        await store.flush()
+    assert await store.commands(QueryFilter()) == sent  # all the others, in order
+    assert await store.events(QueryFilter()) == []
+    skipped = [e for e in logs if e["event"] == "store skipped a bad record"]
+    assert len(skipped) == 1 and "ClosedEvent" in skipped[0]["record"]
+    halvings = [e for e in logs if e["event"] == "store batch failed; writing it in halves"]
+    assert len(halvings) <= 11  # log2(1001) rounds, not 1001 transactions
+
+
+async def test_building_a_big_batch_yields_to_the_event_loop(db_path: Path) -> None:
+    # the rows of one big batch are built on the loop; the relay must not
+    # wait for all of them
+    s = SqliteStore(db_path, batch_size=5000)
+    await s.open()
+    ticks = 0
+    at_execute: list[int] = []
+    execute = s._execute
+
+    async def spy(rows: object) -> None:
+        at_execute.append(ticks)
+        await execute(rows)  # type: ignore[arg-type]
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    s._execute = spy  # type: ignore[method-assign]
+    for i in range(5000):
+        s.emit(AuditEntry(time=at(i), actor="alice", action="lock", detail=str(i)))
+    t = asyncio.create_task(ticker())
+    try:
+        await s.flush()
+    finally:
+        t.cancel()
+        await s.close()
+    assert len(at_execute) == 1  # one batch, one transaction
+    assert at_execute[0] >= 4  # the loop ran between the 5 slices of 1,000 rows
 
 
 async def test_writer_retries_while_the_database_is_locked(db_path: Path) -> None:
