@@ -14,6 +14,7 @@ unrecorded traffic never passes silently.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import time
@@ -322,14 +323,21 @@ def audit_recording_failure(live: LiveConnection, why: str) -> None:
 
 
 def _is_binary(data: bytes) -> bool:
-    """True when ``data`` is not UTF-8 text (a sequence cut at the end is fine)
-    or holds NUL bytes."""
+    """True when ``data`` is not UTF-8 text or holds NUL bytes. A character
+    cut by the read boundary is fine at either end: up to 3 continuation
+    bytes at the start (the rest of the previous read's last character), and
+    an incomplete sequence at the end (``final=False``)."""
     if b"\x00" in data:
         return True
+    if data.isascii():  # the common case, word-at-a-time; no decode
+        return False
+    start = 0
+    while start < 3 and start < len(data) and 0x80 <= data[start] < 0xC0:
+        start += 1
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start < len(data) - 3 or e.reason != "unexpected end of data"
+        codecs.utf_8_decode(memoryview(data)[start:], "strict", False)
+    except UnicodeDecodeError:
+        return True
     return False
 
 

@@ -111,3 +111,33 @@ def test_a_failed_write_is_cut_back_and_closes_the_connection(
     assert live.closed is not None and live.closed[0] is CloseReason.ERROR
     assert "No space left on device" in live.closed[2]
     assert [e.action for e in live.store.emitted] == ["recording_failed"]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "binary"),
+    [
+        ([b"plain text\n" * 100], False),
+        (["caf\u00e9 \U0001f600 ok\n".encode() * 50], False),
+        # A character cut by the read boundary, at the end of one read and
+        # at the start of the next: still text.
+        ([b"x" * 99 + b"\xf0\x9f", b"\x98\x80 more text\n"], False),
+        ([b"a\xc3", b"\xa9b"], False),
+        ([b"text then \x00 a NUL"], True),
+        ([b"text then \xff\xfe bad bytes"], True),
+        ([b"\x80\x80\x80\x80 four continuation bytes at the start"], True),
+    ],
+)
+def test_exec_output_without_a_pty_is_binary_only_when_it_is(
+    tmp_path: Path, chunks: list[bytes], binary: bool
+) -> None:
+    rec, path, live = open_recording(tmp_path)
+    live.pty = None
+    rec._watch_binary = True
+    for i, chunk in enumerate(chunks):
+        rec.output(i * 0.1, chunk)
+    rec.close(1.0, CloseReason.CLIENT_EXIT)
+    _, events = validate_cast(path)
+    markers = [d for _, c, d in events if c == "m"]
+    assert any(m.startswith("binary output") for m in markers) is binary
+    if not binary:
+        assert "".join(d for _, c, d in events if c == "o") == b"".join(chunks).decode()
