@@ -27,8 +27,10 @@ told from a leak (growth every cycle). Measured at each point:
   still referenced);
 * pymalloc arenas (``sys._debugmallocstats``): bytes in use vs arenas held;
 * ``gc.get_objects()`` counts by type, per session and left after close;
-* with ``--detail``: tracemalloc grouped by file:line and by traceback (top
-  allocators per session), and an ownership walk: from each session's roots
+* with ``--trace``: tracemalloc from the baseline on, grouped by file:line,
+  by the innermost frame of ours or of a library, and by traceback (top
+  allocators per session); it slows the gateway ~10x, so keep the hold short;
+* with ``--detail``: an ownership walk: from each session's roots
   (asyncssh client-facing connection and channel, ``ClientSession``,
   ``LiveConnection``, its bound logger, ``SessionRecording``, ``CastWriter``,
   ``CommandExtractor``, ``ScreenModel``, ``TargetSession``, the target
@@ -38,9 +40,11 @@ told from a leak (growth every cycle). Measured at each point:
   libuv handles) and allocator slack show up as the gap to RSS.
 
 ``python -m bench.session_memory`` runs 200 and 1,000 sessions (RSS runs,
-then a ``--detail`` run of 200) each in a fresh process and writes
-bench/results/session_memory.json. ``--role gateway --sessions N [--detail]``
-is one run, printing its JSON.
+then a ``--detail`` run of 200 and a ``--trace`` run of 100 without the
+hold) each in a fresh process and writes bench/results/session_memory.json.
+``--role gateway --sessions N [--detail] [--trace]`` is one run, printing its
+JSON. ``--try NAME`` applies a change proposed for a file outside this
+bench's owner's reach, to measure it (see EXPERIMENTS).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import gc
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -194,7 +199,7 @@ class ClientSession(asyncssh.SSHClientSession[bytes]):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError(f"channel closed: {exc}"))
 
-    async def wait_for(self, want: bytes, timeout: float = 30.0) -> None:
+    async def wait_for(self, want: bytes, timeout: float = 120.0) -> None:
         if want in self.buf:
             return
         self.want = want
@@ -289,9 +294,14 @@ class FarSide:
             await type_command(chan, sess, f"hi-{base + j}")
             return chan, sess
 
-        pairs = await asyncio.gather(*(one(j) for j in range(k)))
-        self.sessions.extend(pairs)
-        return len(pairs)
+        ok = 0
+        for r in await asyncio.gather(*(one(j) for j in range(k)), return_exceptions=True):
+            if isinstance(r, BaseException):
+                self.errors[f"{type(r).__name__}: {r}"[:200]] += 1
+            else:
+                self.sessions.append(r)
+                ok += 1
+        return ok
 
     async def hold(
         self, commands: int, every: float, stream_frac: float, stream_lines: int
@@ -456,9 +466,13 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def malloc_trim() -> None:
+def malloc_trim() -> float:
+    """glibc's malloc_trim(0): free pages anywhere in the heaps go back to the
+    OS. Returns how long it took (ms)."""
+    t0 = time.perf_counter()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return (time.perf_counter() - t0) * 1000
 
 
 def pymalloc_stats() -> dict[str, int]:
@@ -820,6 +834,11 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
     return True
 
 
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _point(label: str, n: int, base_rss: int, *, collect: bool) -> dict[str, Any]:
     if collect:
         gc.collect()
@@ -829,7 +848,126 @@ def _point(label: str, n: int, base_rss: int, *, collect: bool) -> dict[str, Any
         "rss_kib": rss,
         "delta_kib": rss - base_rss,
         "kib_per_session": round((rss - base_rss) / n, 1) if n else None,
+        "cpu_s": round(cpu_s(), 2),
     }
+
+
+# -- experiments: changes proposed for files this bench's owner does not own,
+# applied at run time so their saving can be measured (--try NAME[=VALUE]).
+
+
+def _try_settle(value: str) -> None:
+    """recorder/commands.py: SETTLE_BYTES (output after a resolved line
+    before the extractor's pyte screen is dropped)."""
+    import recorder.commands
+
+    recorder.commands.SETTLE_BYTES = int(value)  # type: ignore[misc]
+
+
+def _try_tail(value: str) -> None:
+    """recorder/commands.py: TAIL_BYTES (raw output kept to re-engage)."""
+    import recorder.commands
+
+    recorder.commands.TAIL_BYTES = int(value)  # type: ignore[misc]
+
+
+def _try_intern_chars(_value: str) -> None:
+    """recorder/terminal.py: cells share one immutable ``Char`` per
+    (attributes, character) instead of a fresh namedtuple each (pyte's
+    ``draw`` does ``cursor.attrs._replace(data=char)`` per cell)."""
+    from pyte import modes as mo
+    from pyte.screens import Char
+
+    from recorder.terminal import TrackedScreen
+
+    cache: dict[tuple[Char, str], Char] = {}
+
+    class InternedChar(Char):  # type: ignore[misc]
+        __slots__ = ()
+
+        def _replace(self, **kw: Any) -> Char:
+            data = kw.get("data")
+            if data is not None and len(kw) == 1:
+                key = (self, data)
+                c = cache.get(key)
+                if c is None:
+                    if len(cache) >= 65536:
+                        cache.clear()
+                    c = cache[key] = Char._replace(self, data=data)
+                return c
+            return Char._replace(self, **kw)
+
+    def default_char(self: TrackedScreen) -> Char:
+        return InternedChar(data=" ", fg="default", bg="default", reverse=mo.DECSCNM in self.mode)
+
+    TrackedScreen.default_char = property(default_char)
+
+
+def _try_plain_rows(_value: str) -> None:
+    """recorder/terminal.py: rows as plain ``StaticDefaultDict`` (pyte makes
+    each row through ``StaticDefaultDict[int, Char](...)``: a GenericAlias
+    call, which also gives every row an ``__orig_class__`` instance dict)."""
+    from collections import defaultdict
+
+    from pyte.screens import StaticDefaultDict
+
+    from recorder.terminal import TrackedScreen
+
+    init = TrackedScreen.__init__
+
+    def plain_init(self: TrackedScreen, columns: int, lines: int) -> None:
+        init(self, columns, lines)
+        self.buffer = defaultdict(lambda: StaticDefaultDict(self.default_char))
+
+    TrackedScreen.__init__ = plain_init  # type: ignore[method-assign]
+
+
+def _try_store_batch(_value: str) -> None:
+    """store/sqlite.py: the writer's last batch is not kept alive while it
+    waits for the next record (``batch`` lived on in ``_run_writer``'s frame:
+    up to ``batch_size`` = 1000 events after a burst of closes, scattered
+    over the heap)."""
+    from store.sqlite import SqliteStore
+
+    async def _run_writer(self: Any) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            n = min(self._batch_size, len(self._pending))
+            await self._write_taken(n)
+            self._committed += n
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _write_taken(self: Any, n: int) -> None:
+        batch = [self._pending.popleft() for _ in range(n)]
+        try:
+            await self._write_batch(batch)
+        except Exception:
+            log = __import__("structlog").get_logger("shellgate.store")
+            log.exception("store writer failed on a batch", records=n)
+
+    SqliteStore._run_writer = _run_writer  # type: ignore[method-assign]
+    SqliteStore._write_taken = _write_taken  # type: ignore[attr-defined]
+
+
+EXPERIMENTS: dict[str, Callable[[str], None]] = {
+    "store-batch": _try_store_batch,
+    "settle": _try_settle,
+    "tail": _try_tail,
+    "intern-chars": _try_intern_chars,
+    "plain-rows": _try_plain_rows,
+}
+
+
+def apply_experiments(names: list[str]) -> None:
+    for item in names:
+        name, _, value = item.partition("=")
+        EXPERIMENTS[name](value)
 
 
 async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -840,6 +978,7 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
         "per_conn": args.per_conn,
         "far_side": "in-process" if args.inproc else "child process",
         "detail": args.detail,
+        "trace": args.trace,
         "hold": {
             "commands": args.commands,
             "type_every": args.type_every,
@@ -849,6 +988,8 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "asyncssh": asyncssh.__version__,
     }
+    apply_experiments(args.try_)
+    res["experiments"] = args.try_
     with tempfile.TemporaryDirectory(prefix="sg-mem-") as tmpdir:
         tmp = Path(tmpdir)
         info = await far.start_target()
@@ -867,8 +1008,9 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
             walk_base: tuple[set[int], list[object]] | None = None
             if args.detail:
                 # Everything alive now, kept alive (ids stay unique) for the
-                # ownership walk; then allocations are traced from here.
+                # ownership walk.
                 walk_base = baseline_ids()
+            if args.trace:
                 tracemalloc.start(args.frames)
                 base_snap = tracemalloc.take_snapshot()
             cycles: list[dict[str, Any]] = []
@@ -877,8 +1019,10 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
                 opened = await far.open(gw.port, n, args.per_conn, args.batch)
                 c["far_open"] = opened
                 await asyncio.sleep(1.5)  # a recording flush and the store writer
-                k = opened["opened"] or 1
+                # Per session of the gateway's (a far-side failure may leave
+                # a session open there all the same).
                 c["live"] = len(gw.registry)
+                k = c["live"] or 1
                 c["points"].append(_point("open", k, base_rss, collect=False))
                 if args.commands or args.stream_lines:
                     c["far_hold"] = await far.hold(
@@ -894,12 +1038,13 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
                     c["objects_per_session_total"] = round(
                         (sum(counts.values()) - sum(base_counts.values())) / k, 1
                     )
-                    if args.detail:
+                    if args.trace:
                         assert base_snap is not None
                         snap = tracemalloc.take_snapshot()
                         tracemalloc.stop()  # the walk below allocates a lot
                         c["tracemalloc"] = trace_stats(snap, base_snap, k)
                         del snap
+                    if args.detail:
                         assert walk_base is not None
                         c["ownership"] = ownership(session_owners(gw), walk_base[0], k)
                 c["far_close"] = await far.close()
@@ -907,7 +1052,7 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(2.0)
                 c["points"].append(_point("closed", k, base_rss, collect=False))
                 c["points"].append(_point("closed, after gc.collect", k, base_rss, collect=True))
-                malloc_trim()
+                c["malloc_trim_ms"] = round(malloc_trim(), 2)
                 c["points"].append(_point("closed, after malloc_trim", k, base_rss, collect=False))
                 c["pymalloc_closed"] = pymalloc_stats()
                 counts = type_counts()
@@ -969,18 +1114,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-conn", type=int, default=10)
     p.add_argument("--batch", type=int, default=20, help="client connections opened at once")
     p.add_argument("--cycles", type=int, default=2)
-    p.add_argument("--detail", action="store_true", help="tracemalloc + ownership walk")
-    p.add_argument("--frames", type=int, default=30, help="tracemalloc frames")
+    p.add_argument("--detail", action="store_true", help="ownership walk per owner")
+    p.add_argument("--trace", action="store_true", help="tracemalloc top allocators")
+    p.add_argument("--frames", type=int, default=12, help="tracemalloc frames")
     p.add_argument("--inproc", action="store_true", help="far side in this process")
     p.add_argument(
-        "--commands", type=int, default=0, help="hold: commands each typist types after the open"
+        "--commands", type=int, default=10, help="hold: commands each typist types after the open"
     )
     p.add_argument("--type-every", type=float, default=0.5, help="hold: seconds between commands")
     p.add_argument("--stream-frac", type=float, default=0.1, help="hold: share of streamers")
     p.add_argument(
-        "--stream-lines", type=int, default=0, help="hold: lines each streamer prints (0.1 s apart)"
+        "--stream-lines",
+        type=int,
+        default=600,
+        help="hold: lines each streamer prints (0.1 s apart)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "session_memory.json")
+    p.add_argument(
+        "--try",
+        dest="try_",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help=f"apply an experiment ({', '.join(EXPERIMENTS)}); repeatable",
+    )
     args = p.parse_args(argv)
     if args.role == "far":
         import uvloop
@@ -993,13 +1150,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_role_gateway(args), indent=1))
         return 0
     sizes = args.sessions or [200, 1000]
-    common = [
-        "--per-conn", str(args.per_conn), "--batch", str(args.batch), "--cycles", str(args.cycles),
-        "--commands", str(args.commands), "--type-every", str(args.type_every),
-        "--stream-frac", str(args.stream_frac), "--stream-lines", str(args.stream_lines),
-    ] + (["--inproc"] if args.inproc else [])  # fmt: skip
-    runs = [run_child(["--sessions", str(s), *common]) for s in sizes]
-    runs.append(run_child(["--sessions", str(min(sizes)), "--detail", *common]))
+
+    def child_args(*, hold: bool, cycles: int) -> list[str]:
+        out = ["--per-conn", str(args.per_conn), "--batch", str(args.batch)]
+        out += ["--cycles", str(cycles), "--type-every", str(args.type_every)]
+        out += ["--stream-frac", str(args.stream_frac)]
+        out += ["--commands", str(args.commands if hold else 0)]
+        out += ["--stream-lines", str(args.stream_lines if hold else 0)]
+        out += ["--inproc"] if args.inproc else []
+        return out + [f"--try={t}" for t in args.try_]
+
+    runs = [
+        run_child(["--sessions", str(n), *child_args(hold=True, cycles=args.cycles)]) for n in sizes
+    ]
+    runs.append(
+        run_child(["--sessions", str(min(sizes)), "--detail", *child_args(hold=True, cycles=1)])
+    )
+    runs.append(run_child(["--sessions", "100", "--trace", *child_args(hold=False, cycles=1)]))
     for r in runs:
         print(summary_line(r), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
