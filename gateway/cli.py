@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import os
 import signal
@@ -58,6 +59,11 @@ async def _serve(args: argparse.Namespace) -> int:
         )
         await gateway.store.close()
         return 1
+    # What start-up loaded (modules, config, keys) lives as long as the daemon:
+    # out of the cyclic collector's full passes, whose pause grows with the
+    # heap and holds every relayed keystroke while it runs.
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
