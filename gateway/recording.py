@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shellgate.recording")
 
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
-_FLUSH_SLICE = 0.002  # seconds of flushing per loop turn
 """Buffers per ``os.writev`` call (Linux: 1024)."""
+
+_FLUSH_SLICE = 0.002
+"""Seconds of flushing per loop turn (see ``Recordings._flush_spread``)."""
 
 
 class RecordingError(Exception):
