@@ -12,6 +12,8 @@ import gc
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bench.session_memory import PER_SESSION_TYPES, FarSide, start_gateway, wait_until
 from recorder.screen import BOUND, COMPACT_BYTES, MAX_CHUNKS, ScreenModel
 
@@ -123,3 +125,34 @@ def test_very_long_lines_stay_bounded_too() -> None:
     m.feed(PROMPT)
     ref.feed(PROMPT)
     same_screen(m, ref)
+
+
+def test_the_heap_is_trimmed_once_after_many_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import daemon
+
+    calls: list[int] = []
+    monkeypatch.setattr(daemon, "_malloc_trim", lambda pad: calls.append(pad) or 1)
+    gw = daemon.Gateway.__new__(daemon.Gateway)  # only what the trim looks at
+    gw._live_peak, gw._last_trim = 0, 0.0
+    live: list[object] = []
+    gw.registry = live  # type: ignore[assignment]
+    now = 1000.0
+
+    def tick(n: int) -> None:
+        nonlocal now
+        now += 1.0
+        live[:] = [object()] * n
+        gw._trim_after_closes(now)
+
+    tick(300)
+    tick(250)  # a few closed: no trim
+    assert calls == []
+    tick(150)  # 150 fewer than the peak
+    assert calls == [0]
+    tick(0)  # more closed, but within TRIM_INTERVAL of the last trim
+    assert calls == [0]
+    now += daemon.TRIM_INTERVAL
+    tick(0)
+    assert calls == [0, 0]
+    tick(0)  # nothing closed since
+    assert calls == [0, 0]
