@@ -8,8 +8,10 @@ choice between blocking the relay and dropping events, and the contract allows
 neither. The bound is applied where it is safe to wait instead: ``admission``
 (awaited by the gateway before it accepts a new connection) waits while the
 backlog is at or above ``queue_size``, so a slow disk slows down new work, not
-live sessions. (A Queue plus an overflow deque behaves the same; one deque is
-simpler and lets the writer take a whole batch in one go.)
+live sessions; what is held unwritten is then about ``queue_size`` records
+waiting plus the ``batch_size`` being written. (A Queue plus an overflow deque
+behaves the same; one deque is simpler and lets the writer take a whole batch
+in one go.)
 
 The writer takes up to ``batch_size`` records per transaction and writes them
 with one ``executemany`` per table (connection rows coalesced within the
