@@ -203,6 +203,26 @@ async def test_building_a_big_batch_yields_to_the_event_loop(db_path: Path) -> N
     assert at_execute[0] >= 4  # the loop ran between the 5 slices of 1,000 rows
 
 
+async def test_a_subclass_of_a_record_is_written_as_its_base(store: SqliteStore) -> None:
+    # the writer dispatches on the exact class, with isinstance as the fallback
+    class TaggedOpen(OpenEvent):
+        pass
+
+    class TaggedCommand(CommandRecord):
+        pass
+
+    e = TaggedOpen(connection_id="a", time=at(0), **who())
+    c = TaggedCommand(
+        time=at(1), connection_id="a", user="u", target="t", target_user="l", command="ls"
+    )
+    store.emit(e)
+    store.emit(c)
+    await store.flush()
+    assert await store.events(QueryFilter()) == [OpenEvent(**e.model_dump())]
+    assert await store.commands(QueryFilter()) == [CommandRecord(**c.model_dump())]
+    assert (await store.connection("a")).state == "open"  # type: ignore[union-attr]
+
+
 async def test_writer_retries_while_the_database_is_locked(db_path: Path) -> None:
     s = SqliteStore(db_path, busy_timeout=0.01)
     await s.open()
