@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -42,6 +43,10 @@ which the heap's free pages are handed back to the OS."""
 
 TRIM_INTERVAL = 60.0
 """At most one heap trim per this many seconds."""
+
+TRIM_DELAY = 5.0
+"""Seconds from noticing the drop to the trim: the rest of the burst of
+closes, and the client connections behind them, are freed by then."""
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -129,6 +134,7 @@ class Gateway:
         self.unauthenticated = 0
         self._live_peak = 0  # most live connections since the last heap trim
         self._last_trim = 0.0
+        self._trim_at: float | None = None
         self.listener: asyncssh.SSHAcceptor | None = None
         self.stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -234,28 +240,38 @@ class Gateway:
                     )
 
     def _trim_after_closes(self, now: float) -> None:
-        """After many connections closed, give the heap's free pages back.
+        """After many connections closed, give their memory back to the OS.
 
-        Closed sessions free their objects, but glibc keeps the freed pages
-        (bench/session_memory.py: ~32 MB of RSS after 1,000 sessions closed,
-        returned by ``malloc_trim``); the next burst would reuse them, yet the
-        RSS of a gateway whose sessions ended should not stay at its peak.
-        ``malloc_trim`` blocks the loop (~10 ms after 1,000 sessions, 80 ms
-        seen once), hence only after a net drop of ``TRIM_AFTER_CLOSES`` and
-        at most once per ``TRIM_INTERVAL``. (pymalloc's arenas are not
-        affected: an arena goes back only when every object in it is freed.)"""
+        A closed session's objects are not all freed at once: some wait in
+        reference cycles for a full collection (pyte's stream and screen are
+        cyclic by construction), which an idle gateway may not run for a long
+        time; and glibc keeps freed pages (bench/session_memory.py: ~30 MB of
+        RSS after 1,000 sessions closed, returned by ``malloc_trim``). So,
+        ``TRIM_DELAY`` after a net drop of ``TRIM_AFTER_CLOSES`` connections
+        (at most once per ``TRIM_INTERVAL``): a full ``gc.collect()`` when at
+        most ``TRIM_AFTER_CLOSES`` connections are left (it walks every live
+        object: cheap only then; it frees what a collection would free later
+        anyway), then ``malloc_trim(0)`` (~10 ms after 1,000 sessions).
+        pymalloc arenas still holding any live object stay: fragmentation."""
         live = len(self.registry)
-        if live > self._live_peak:
-            self._live_peak = live
+        self._live_peak = max(self._live_peak, live)
+        if self._trim_at is None:
+            dropped = self._live_peak - live >= TRIM_AFTER_CLOSES
+            if dropped and now - self._last_trim >= TRIM_INTERVAL:
+                self._trim_at = now + TRIM_DELAY
             return
-        if self._live_peak - live < TRIM_AFTER_CLOSES or now - self._last_trim < TRIM_INTERVAL:
+        if now < self._trim_at:
             return
+        self._trim_at = None
         self._live_peak = live
         self._last_trim = now
+        started = time.perf_counter()
+        if live <= TRIM_AFTER_CLOSES:
+            gc.collect()
         if _malloc_trim is not None:
-            started = time.perf_counter()
             _malloc_trim(0)
-            log.debug("heap trimmed", took_ms=round((time.perf_counter() - started) * 1000, 1))
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.debug("memory handed back", live=live, took_ms=took_ms)
 
     def reload(self, actor: str = SYSTEM) -> list[str]:
         """Re-read the config; close what it no longer allows. Returns problems

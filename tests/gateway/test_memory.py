@@ -133,26 +133,57 @@ def test_the_heap_is_trimmed_once_after_many_closes(monkeypatch: pytest.MonkeyPa
     calls: list[int] = []
     monkeypatch.setattr(daemon, "_malloc_trim", lambda pad: calls.append(pad) or 1)
     gw = daemon.Gateway.__new__(daemon.Gateway)  # only what the trim looks at
-    gw._live_peak, gw._last_trim = 0, 0.0
+    gw._live_peak, gw._last_trim, gw._trim_at = 0, 0.0, None
     live: list[object] = []
     gw.registry = live  # type: ignore[assignment]
     now = 1000.0
 
-    def tick(n: int) -> None:
+    def tick(n: int, seconds: float = 1.0) -> None:
         nonlocal now
-        now += 1.0
+        now += seconds
         live[:] = [object()] * n
         gw._trim_after_closes(now)
 
     tick(300)
     tick(250)  # a few closed: no trim
+    tick(150)  # 150 fewer than the peak: a trim TRIM_DELAY from now
+    tick(100)
     assert calls == []
-    tick(150)  # 150 fewer than the peak
+    tick(0, daemon.TRIM_DELAY)
     assert calls == [0]
-    tick(0)  # more closed, but within TRIM_INTERVAL of the last trim
-    assert calls == [0]
-    now += daemon.TRIM_INTERVAL
-    tick(0)
-    assert calls == [0, 0]
     tick(0)  # nothing closed since
+    tick(200)
+    tick(0)  # 200 more closed, but within TRIM_INTERVAL of the last trim
+    tick(0, daemon.TRIM_DELAY)
+    assert calls == [0]
+    tick(0, daemon.TRIM_INTERVAL)
+    tick(0, daemon.TRIM_DELAY)
     assert calls == [0, 0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LiveConnection.recording <-> SessionRecording.live is a reference cycle: a closed "
+    "session waits for a full gc; fix proposed for gateway/live.py (close() drops the recording)",
+)
+async def test_a_closed_session_is_freed_without_the_cycle_collector(tmp_path: Path) -> None:
+    far = FarSide()
+    gw = await start_gateway(tmp_path, await far.start_target(), logging=False)
+    try:
+        await far.open(gw.port, 3, 3, 1)
+        gc.collect()
+        gc.disable()
+        try:
+            await far.close()
+            assert await wait_until(lambda: len(gw.registry) == 0, 10)
+            await asyncio.sleep(0.2)
+            # pyte's own cycles (ByteStream <-> its parser generator, a
+            # screen's row factory closing over the screen) are left aside.
+            left = per_session_objects()
+            del left["recorder.terminal.TrackedScreen"]
+            assert left == Counter()
+        finally:
+            gc.enable()
+    finally:
+        await gw.stop()
+        far.stop()
