@@ -934,7 +934,10 @@ def _try_intern_chars(_value: str) -> None:
 def _try_plain_rows(_value: str) -> None:
     """recorder/terminal.py: rows as plain ``StaticDefaultDict`` (pyte makes
     each row through ``StaticDefaultDict[int, Char](...)``: a GenericAlias
-    call, which also gives every row an ``__orig_class__`` instance dict)."""
+    call, which also gives every row an ``__orig_class__`` instance dict), made
+    by a factory that holds the screen weakly (pyte's ``lambda`` closes over
+    ``self``: every screen is a reference cycle, freed only by the collector)."""
+    import weakref
     from collections import defaultdict
 
     from pyte.screens import StaticDefaultDict
@@ -945,7 +948,8 @@ def _try_plain_rows(_value: str) -> None:
 
     def plain_init(self: TrackedScreen, columns: int, lines: int) -> None:
         init(self, columns, lines)
-        self.buffer = defaultdict(lambda: StaticDefaultDict(self.default_char))
+        screen = weakref.ref(self)
+        self.buffer = defaultdict(lambda: StaticDefaultDict(screen().default_char))  # type: ignore[union-attr]
 
     TrackedScreen.__init__ = plain_init  # type: ignore[method-assign]
 
@@ -983,7 +987,24 @@ def _try_store_batch(_value: str) -> None:
     SqliteStore._write_taken = _write_taken  # type: ignore[attr-defined]
 
 
+def _try_break_cycle(_value: str) -> None:
+    """gateway/live.py: ``close()`` lets go of the recording. LiveConnection
+    .recording <-> SessionRecording.live is a reference cycle, so a closed
+    session (its extractor and pyte screens, ScreenModel, CastWriter, target
+    channel) stays in memory until a full (generation 2) collection."""
+    from gateway.live import LiveConnection
+
+    close = LiveConnection.close
+
+    def close_and_let_go(self: LiveConnection, *args: Any, **kwargs: Any) -> None:
+        close(self, *args, **kwargs)
+        self.recording = None
+
+    LiveConnection.close = close_and_let_go  # type: ignore[method-assign]
+
+
 EXPERIMENTS: dict[str, Callable[[str], None]] = {
+    "break-cycle": _try_break_cycle,
     "store-batch": _try_store_batch,
     "settle": _try_settle,
     "engage-lines": _try_engage_lines,
@@ -1081,6 +1102,11 @@ async def gateway_main(args: argparse.Namespace) -> dict[str, Any]:
                 await wait_until(lambda: len(gw.registry) == 0)
                 await asyncio.sleep(2.0)
                 c["points"].append(_point("closed", k, base_rss, collect=False))
+                # The daemon trims the heap TRIM_DELAY after a drop it sees
+                # on its once-a-second tick (gateway/daemon.py).
+                await asyncio.sleep(7.0)
+                c["points"].append(_point("closed, +9 s", k, base_rss, collect=False))
+                c["daemon_trimmed"] = gw._last_trim > 0
                 c["points"].append(_point("closed, after gc.collect", k, base_rss, collect=True))
                 c["malloc_trim_ms"] = round(malloc_trim(), 2)
                 c["points"].append(_point("closed, after malloc_trim", k, base_rss, collect=False))
