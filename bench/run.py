@@ -80,6 +80,7 @@ class Sizes:
     store_rows: int
     conc_sessions: int = 1000
     conc_hold: float = 30.0
+    conc_type_every: float = 5.0
 
 
 # The sizes the issue asks for: 100 MB of text under a pty, 200 MB of binary
@@ -725,6 +726,8 @@ def bench_concurrency(rig: Rig) -> None:
             str(n),
             "--hold",
             str(s.conc_hold),
+            "--type-every",
+            str(s.conc_type_every),
             "--warmup",
             "--deadline",
             "250",
@@ -1207,6 +1210,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sessions", type=int, help="#5 concurrency: sessions (default 1000, --quick 200)"
     )
     ap.add_argument("--hold", type=float, help="#5 concurrency: seconds at full load (30)")
+    ap.add_argument(
+        "--type-every", type=float, help="#5 concurrency: seconds per typed command (5)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
     args = ap.parse_args(argv)
@@ -1221,6 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.conc_sessions = args.sessions
     if args.hold:
         sizes.conc_hold = args.hold
+    if args.type_every:
+        sizes.conc_type_every = args.type_every
     # #5 concurrency takes ~3 minutes and 1,000 shells on the target: opt-in.
     only = args.only or [n for n in NAMES if n != "concurrency"]
 
