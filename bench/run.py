@@ -9,7 +9,7 @@ the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
 (``latest-quick.json`` for ``--quick`` or ``--only`` runs); #5 concurrency
 (not in the default run) also writes ``bench/results/concurrency.json``.
 
-    python -m bench.run                 # all but #5 concurrency, ~10 min on 2 cores
+    python -m bench.run                 # all but #5 concurrency, ~5 min on 2 cores
     python -m bench.run --quick         # 3 pairs, smaller sizes, ~2 minutes
     python -m bench.run --only echo     # pty | bulk | echo | setup | store | concurrency
     python -m bench.run --only concurrency                  # #5, opt-in: ~3 min
