@@ -379,8 +379,11 @@ class LiveConnection:
         self.closed = True
         self._cancel_detach_timer()
         text = close_message(reason, closed_by, message)
-        if self.recording is not None:
-            self.recording.close(self.now(), reason)
+        # Dropped, not only closed: the recording points back at this
+        # connection, and the cycle would wait for a full gc pass.
+        rec, self.recording = self.recording, None
+        if rec is not None:
+            rec.close(self.now(), reason)
         event = ClosedEvent(
             **self._fields(),
             reason=reason,

@@ -161,11 +161,6 @@ def test_the_heap_is_trimmed_once_after_many_closes(monkeypatch: pytest.MonkeyPa
     assert calls == [0, 0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LiveConnection.recording <-> SessionRecording.live is a reference cycle: a closed "
-    "session waits for a full gc; fix proposed for gateway/live.py (close() drops the recording)",
-)
 async def test_a_closed_session_is_freed_without_the_cycle_collector(tmp_path: Path) -> None:
     far = FarSide()
     gw = await start_gateway(tmp_path, await far.start_target(), logging=False)
