@@ -520,6 +520,9 @@ class SqliteStore(EventStore):
             except Exception:
                 # Only a bug in this module gets here; the writer must outlive it.
                 log.exception("store writer failed on a batch", records=n)
+            # Not kept while the writer waits for more: up to batch_size records
+            # spread over the heap pinned its arenas after a burst of closes.
+            del batch
             self._committed += n
             async with self._progress:
                 self._progress.notify_all()
