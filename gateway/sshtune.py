@@ -41,15 +41,33 @@ Fifth, packet logging. asyncssh formats a log line for every packet sent and
 received (name lookup, byte counts, a payload copy) before its logger drops it
 below debug level 3. The wrap skips that work unless level 3 is on, so
 ``asyncssh.set_debug_level(3)`` still logs every packet.
+
+Sixth, a direct path for channel data, the packets a relay is made of. In
+asyncssh a keystroke's CHANNEL_DATA goes through ~15 Python calls on the way
+out (write, send buffer, window loop, channel and connection ``send_packet``,
+framing, encryption shim, ``_send``) and ~20 on the way in (packet object,
+handler lookup, ``process_packet`` dispatch, ``_process_data``, accept,
+deliver, awaitable check, finish). In the steady state (keys exchanged, user
+authenticated, no compression, no rekey due, nothing queued, the data fits
+the peer's window and packet size, logging below debug level 2) the wraps do
+the same work inline: the same framing, padding, encryption, sequence
+numbers, window accounting and WINDOW_ADJUST. Anything else takes asyncssh's
+own path unchanged, including every other packet type. Padding comes from a
+pool of ``os.urandom`` bytes rather than one ``getrandom`` call per packet.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import time
 from typing import Any
 
+from asyncssh import channel as _channel
 from asyncssh import connection as _connection
+from asyncssh import logging as _logging
 from asyncssh import packet as _packet
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.crypto import cipher as _cipher
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -83,6 +101,7 @@ def install() -> None:
     _install_quiet_packet_log()
     _install_lazy_keepalive()
     _install_cached_gcm()
+    _install_data_fast_path()
     _installed = True
 
 
@@ -182,6 +201,175 @@ def _install_cached_gcm() -> None:
     verify_and_decrypt.__wrapped__ = cls.verify_and_decrypt  # type: ignore[attr-defined]
     cls.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
     cls.verify_and_decrypt = verify_and_decrypt  # type: ignore[method-assign]
+
+
+_DATA_HEADER = struct.Struct(">BII")  # MSG_CHANNEL_DATA, recipient channel, length
+_PAD_POOL_BYTES = 4096
+_pad_pool = b""
+_pad_at = 0
+
+
+def _padding(n: int) -> bytes:
+    """``n`` random bytes, cut from a pool refilled by ``os.urandom``."""
+    global _pad_pool, _pad_at
+    at = _pad_at
+    if at + n > len(_pad_pool):
+        _pad_pool = os.urandom(_PAD_POOL_BYTES)
+        at = 0
+    _pad_at = at + n
+    return _pad_pool[at : at + n]
+
+
+class _Opened:
+    """Stands in for the receive cipher while asyncssh finishes a packet this
+    module already decrypted (its ``_recv_packet`` decrypts, then dispatches)."""
+
+    __slots__ = ("packet_data",)
+
+    def __init__(self, packet_data: bytes) -> None:
+        self.packet_data = packet_data
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: bytes, hdrlen: int, mac: bytes) -> bytes:
+        return self.packet_data
+
+
+def _install_data_fast_path() -> None:
+    conn_cls = _connection.SSHConnection
+    chan_cls = _channel.SSHChannel
+    original_recv = conn_cls._recv_packet
+    original_write = chan_cls.write
+    logger_cls = _logging.SSHLogger
+    plain: dict[type, bool] = {}  # channel class -> takes data as SSHChannel does
+
+    def takes_plain_data(cls: type) -> bool:
+        ok = plain.get(cls)
+        if ok is None:
+            ok = plain[cls] = (
+                cls._accept_data is chan_cls._accept_data  # type: ignore[attr-defined]
+                and cls._deliver_data is chan_cls._deliver_data  # type: ignore[attr-defined]
+                and cls.process_packet is chan_cls.process_packet  # type: ignore[attr-defined]
+                and cls._packet_handlers.get(MSG_CHANNEL_DATA)  # type: ignore[attr-defined]
+                is chan_cls._packet_handlers.get(MSG_CHANNEL_DATA)  # type: ignore[attr-defined]
+            )
+        return ok
+
+    def _recv_packet(self: Any) -> bool:
+        enc = self._recv_encryption
+        if enc is None or self._decompressor is not None or logger_cls._debug_level >= 2:
+            return original_recv(self)
+        inp = self._inpbuf
+        macsize = self._recv_macsize
+        rem = 4 + self._pktlen + macsize - self._recv_blocksize
+        if len(inp) < rem:
+            return False
+        seq = self._recv_seq
+        packet_data = enc.decrypt_packet(
+            seq, self._packet, inp[: rem - macsize], 4, inp[rem - macsize : rem]
+        )
+        if not packet_data:
+            return original_recv(self)  # raises asyncssh's MAC error
+        padlen = packet_data[0]
+        chan = None
+        if (
+            packet_data[1] == MSG_CHANNEL_DATA
+            and self._auth_complete
+            and len(packet_data) - padlen >= 10
+        ):
+            _, recv_chan, datalen = _DATA_HEADER.unpack_from(packet_data, 1)
+            chan = self._channels.get(recv_chan)
+            if (
+                chan is None
+                or datalen == 0
+                or len(packet_data) - padlen != 10 + datalen
+                or chan._recv_state != "open"
+                or datalen > chan._recv_window
+                or chan._recv_paused
+                or chan._encoding is not None
+                or chan._session is None
+                or chan._send_state in ("close_pending", "closed")
+                or not takes_plain_data(type(chan))
+            ):
+                chan = None
+        if chan is None:
+            self._recv_encryption = _Opened(packet_data)
+            try:
+                return original_recv(self)
+            finally:
+                if isinstance(self._recv_encryption, _Opened):
+                    self._recv_encryption = enc
+        self._inpbuf = inp[rem:]
+        self._packet = b""
+        data = packet_data[10 : 10 + datalen]
+        chan._recv_window -= datalen
+        if chan._recv_window < chan._init_recv_window / 2:
+            chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
+        else:
+            chan._session.data_received(data, None)
+        self._auth_final = True
+        if self._transport:
+            self._recv_seq = (seq + 1) & 0xFFFFFFFF
+        self._recv_handler = self._recv_pkthdr
+        return True
+
+    def write(self: Any, data: Any, datatype: Any = None) -> None:
+        conn = self._conn
+        n = len(data)
+        if (
+            datatype is not None
+            or not n
+            or self._send_buf
+            or self._send_state != "open"
+            or self._encoding is not None
+            or n > self._send_window
+            or n > self._send_pktsize
+            or conn is None
+            or self._send_chan is None
+            or logger_cls._debug_level >= 2
+        ):
+            original_write(self, data, datatype)
+            return
+        enc = conn._send_encryption
+        transport = conn._transport
+        if (
+            enc is None
+            or transport is None
+            or not conn._kex_complete
+            or not conn._auth_complete
+            or conn._compressor is not None
+            or conn._rekey_bytes_sent >= conn._rekey_bytes
+            or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
+        ):
+            original_write(self, data, datatype)
+            return
+        blocksize = conn._send_blocksize
+        padlen = -(conn._send_enchdrlen + 9 + n) % blocksize
+        if padlen < 4:
+            padlen += blocksize
+        packet = b"".join(
+            (
+                padlen.to_bytes(1, "big"),
+                _DATA_HEADER.pack(MSG_CHANNEL_DATA, self._send_chan, n),
+                data,
+                _padding(padlen),
+            )
+        )
+        pktlen = len(packet)
+        seq = conn._send_seq
+        sealed, mac = enc.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
+        try:
+            transport.write(sealed + mac)
+        except ConnectionError:
+            pass  # as asyncssh's _send: the connection's own close handles it
+        conn._send_seq = (seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += pktlen
+        self._send_window -= n
+        if self._send_paused:
+            self._pause_resume_writing()
+
+    _recv_packet.__wrapped__ = original_recv  # type: ignore[attr-defined]
+    write.__wrapped__ = original_write  # type: ignore[attr-defined]
+    conn_cls._recv_packet = _recv_packet  # type: ignore[method-assign]
+    chan_cls.write = write  # type: ignore[method-assign]
 
 
 def _resume_reading(conn: Any) -> None:

@@ -15,6 +15,7 @@ import pytest
 from gateway import sshtune
 
 GCM = ["aes128-gcm@openssh.com"]
+CHACHA = ["chacha20-poly1305@openssh.com"]
 
 
 SERVER_CONNS: list[asyncssh.SSHServerConnection] = []
@@ -54,7 +55,8 @@ async def server() -> AsyncIterator[Any]:
         server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
         process_factory=_process,
         encoding=None,
-        encryption_algs=GCM,
+        encryption_algs=GCM + CHACHA,
+        window=64 * 1024,  # small, so the window runs out mid-burst
     )
     try:
         yield srv
@@ -72,8 +74,7 @@ async def _connect(server: Any, **kw: Any) -> asyncssh.SSHClientConnection:
         config=None,
         agent_path=None,
         client_keys=None,
-        encryption_algs=GCM,
-        **kw,
+        **{"encryption_algs": GCM, **kw},
     )
 
 
@@ -134,3 +135,94 @@ async def test_packet_logs_still_appear_at_debug_level_3(
         quiet = caplog.text
     assert "MSG_CHANNEL_DATA" in logged
     assert "MSG_CHANNEL_DATA" not in quiet
+
+
+class _Counted:
+    """Counts the packets asyncssh's own receive path builds and the sends
+    that go through its channel send buffer: what the direct path avoids."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from asyncssh import channel, connection
+
+        self.parsed = 0
+        self.buffered = 0
+        base = connection.SSHPacket
+        counter = self
+
+        class CountedPacket(base):  # type: ignore[misc, valid-type]
+            def __init__(self, packet: bytes) -> None:
+                counter.parsed += 1
+                super().__init__(packet)
+
+        flush = channel.SSHChannel._flush_send_buf
+
+        def counted_flush(chan: Any) -> None:
+            counter.buffered += 1
+            flush(chan)
+
+        monkeypatch.setattr(connection, "SSHPacket", CountedPacket)
+        monkeypatch.setattr(channel.SSHChannel, "_flush_send_buf", counted_flush)
+
+
+async def _echo_exactly(conn: asyncssh.SSHClientConnection, chunks: list[bytes]) -> bytes:
+    """Write ``chunks`` one write each to an echoing channel; what came back."""
+    writer, reader, _ = await conn.open_session("echo", encoding=None)
+    want = sum(map(len, chunks))
+
+    async def read_all() -> bytes:
+        got = bytearray()
+        while len(got) < want:
+            data = await reader.read(65536)
+            if not data:
+                break
+            got += data
+        return bytes(got)
+
+    reading = asyncio.create_task(read_all())
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+    got = await asyncio.wait_for(reading, 30)
+    writer.write_eof()
+    return got
+
+
+def _mixed_chunks() -> list[bytes]:
+    sizes = [1] * 300 + [7, 100, 1000, 4096, 32768, 32769, 70000, 200000] + [1] * 50
+    return [bytes((i + k) % 256 for k in range(n)) for i, n in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("cipher", [GCM, CHACHA], ids=["aes-gcm", "chacha20"])
+async def test_channel_data_takes_the_direct_path_and_arrives_exactly(
+    server: Any, monkeypatch: pytest.MonkeyPatch, cipher: list[str]
+) -> None:
+    """Keystroke-sized data skips asyncssh's packet objects and send buffer;
+    chunks bigger than a packet or than the 64 KiB window, and a rekey every
+    64 KiB, go through asyncssh's own path: all arrive byte for byte."""
+    counted = _Counted(monkeypatch)
+    chunks = _mixed_chunks()
+    async with await _connect(server, encryption_algs=cipher, rekey_bytes=65536) as conn:
+        got = await _echo_exactly(conn, chunks)
+        assert conn.get_extra_info("send_cipher") == cipher[0]
+    assert got == b"".join(chunks)
+    # 350 one-byte writes each way; parsed packets and buffered sends stay a
+    # small share (the big chunks, window adjusts, rekeys, channel set-up)
+    assert counted.parsed < 200, counted.parsed
+    assert counted.buffered < 200, counted.buffered
+
+
+async def test_channel_data_at_debug_level_2_takes_asyncssh_path(
+    server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    counted = _Counted(monkeypatch)
+    chunks = [b"k"] * 50
+    async with await _connect(server) as conn:
+        caplog.set_level(logging.DEBUG, logger="asyncssh")
+        asyncssh.set_debug_level(2)
+        try:
+            got = await _echo_exactly(conn, chunks)
+        finally:
+            asyncssh.set_debug_level(1)
+    assert got == b"k" * 50
+    assert counted.parsed > 50  # every data packet (50 keys in, their echoes) parsed by asyncssh
+    assert "Received 1 data byte" in caplog.text
