@@ -55,6 +55,8 @@ from harness.gateway import GatewayProcess  # noqa: E402
 from harness.ssh_client import SshClient  # noqa: E402
 from harness.sshd import TargetSshd  # noqa: E402
 
+from gateway import sshtune  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AES = "aes128-gcm@openssh.com"
@@ -492,6 +494,10 @@ async def _one_key(chan: asyncssh.SSHClientChannel[bytes], sess: _Echo, byte: by
 
 
 async def _echo_async(rig: Rig) -> dict[str, Any]:
+    # The echo client stands in for an OpenSSH client, which does not send an
+    # SSH_MSG_IGNORE before every packet as stock asyncssh does: tuned like the
+    # load generator, it sends what ssh sends, to sshd and to the gateway alike.
+    sshtune.install()
     arms: dict[str, tuple[Any, Any, Any]] = {}
     arms["direct"] = await _echo_session(rig.sshd.port, "root", rig.sshd.client_key.private)
     for v, gw in rig.gateways.items():
