@@ -65,6 +65,7 @@ from typing import Any
 
 from asyncssh import channel as _channel
 from asyncssh import connection as _connection
+from asyncssh import encryption as _encryption
 from asyncssh import logging as _logging
 from asyncssh import packet as _packet
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
@@ -175,14 +176,25 @@ def _install_lazy_keepalive() -> None:
 _GCM_TAG = 16
 
 
+_IV_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _aead(cipher: Any) -> AESGCM:
+    """The AES-GCM context of an asyncssh ``GCMCipher`` (one per key)."""
+    aead = cipher.__dict__.get("_sg_aead")
+    if aead is None:
+        aead = cipher._sg_aead = AESGCM(cipher._key)
+    return aead
+
+
+def _next_iv(iv: bytes) -> bytes:
+    """RFC 5647's nonce step, as ``GCMCipher._update_iv``: the 64-bit invocation
+    counter after the 4-byte fixed field goes up by one."""
+    return iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _IV_MASK).to_bytes(8, "big")
+
+
 def _install_cached_gcm() -> None:
     cls = _cipher.GCMCipher
-
-    def _aead(self: Any) -> AESGCM:
-        aead = self.__dict__.get("_sg_aead")
-        if aead is None:
-            aead = self._sg_aead = AESGCM(self._key)
-        return aead
 
     def encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
         sealed = _aead(self).encrypt(self._iv, data, header)
@@ -239,6 +251,7 @@ def _install_data_fast_path() -> None:
     original_recv = conn_cls._recv_packet
     original_write = chan_cls.write
     logger_cls = _logging.SSHLogger
+    gcm_enc = _encryption.GCMEncryption
     plain: dict[type, bool] = {}  # channel class -> takes data as SSHChannel does
 
     def takes_plain_data(cls: type) -> bool:
@@ -263,11 +276,21 @@ def _install_data_fast_path() -> None:
         if len(inp) < rem:
             return False
         seq = self._recv_seq
-        packet_data = enc.decrypt_packet(
-            seq, self._packet, inp[: rem - macsize], 4, inp[rem - macsize : rem]
-        )
-        if not packet_data:
-            return original_recv(self)  # raises asyncssh's MAC error
+        if type(enc) is gcm_enc:
+            cipher = enc._cipher
+            first = self._packet
+            iv = cipher._iv
+            try:
+                packet_data = _aead(cipher).decrypt(iv, first[4:] + inp[:rem], first[:4])
+            except InvalidTag:
+                return original_recv(self)  # raises asyncssh's MAC error
+            cipher._iv = _next_iv(iv)
+        else:
+            packet_data = enc.decrypt_packet(
+                seq, self._packet, inp[: rem - macsize], 4, inp[rem - macsize : rem]
+            )
+            if not packet_data:
+                return original_recv(self)  # raises asyncssh's MAC error
         padlen = packet_data[0]
         chan = None
         if (
@@ -355,9 +378,17 @@ def _install_data_fast_path() -> None:
         )
         pktlen = len(packet)
         seq = conn._send_seq
-        sealed, mac = enc.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
+        header = pktlen.to_bytes(4, "big")
+        if type(enc) is gcm_enc:
+            cipher = enc._cipher
+            iv = cipher._iv
+            wire = header + _aead(cipher).encrypt(iv, packet, header)
+            cipher._iv = _next_iv(iv)
+        else:
+            sealed, mac = enc.encrypt_packet(seq, header, packet)
+            wire = sealed + mac
         try:
-            transport.write(sealed + mac)
+            transport.write(wire)
         except ConnectionError:
             pass  # as asyncssh's _send: the connection's own close handles it
         conn._send_seq = (seq + 1) & 0xFFFFFFFF
