@@ -245,10 +245,43 @@ class _Opened:
         return self.packet_data
 
 
+def _seal_data(conn: Any, enc: Any, send_chan: int, data: Any) -> bytes:
+    """One CHANNEL_DATA packet carrying ``data``, framed, padded and sealed as
+    asyncssh's ``send_packet`` does; the connection's send sequence number and
+    rekey byte count move on as they do there."""
+    n = len(data)
+    padlen = -(conn._send_enchdrlen + 9 + n) % conn._send_blocksize
+    if padlen < 4:
+        padlen += conn._send_blocksize
+    packet = b"".join(
+        (
+            padlen.to_bytes(1, "big"),
+            _DATA_HEADER.pack(MSG_CHANNEL_DATA, send_chan, n),
+            data,
+            _padding(padlen),
+        )
+    )
+    pktlen = len(packet)
+    header = pktlen.to_bytes(4, "big")
+    seq = conn._send_seq
+    if type(enc) is _encryption.GCMEncryption:
+        cipher = enc._cipher
+        iv = cipher._iv
+        wire = header + _aead(cipher).encrypt(iv, packet, header)
+        cipher._iv = _next_iv(iv)
+    else:
+        sealed, mac = enc.encrypt_packet(seq, header, packet)
+        wire = sealed + mac
+    conn._send_seq = (seq + 1) & 0xFFFFFFFF
+    conn._rekey_bytes_sent += pktlen
+    return wire
+
+
 def _install_data_fast_path() -> None:
     conn_cls = _connection.SSHConnection
     chan_cls = _channel.SSHChannel
     original_recv = conn_cls._recv_packet
+    original_pkthdr = conn_cls._recv_pkthdr
     original_write = chan_cls.write
     logger_cls = _logging.SSHLogger
     gcm_enc = _encryption.GCMEncryption
@@ -265,6 +298,108 @@ def _install_data_fast_path() -> None:
                 is chan_cls._packet_handlers.get(MSG_CHANNEL_DATA)  # type: ignore[attr-defined]
             )
         return ok
+
+    def data_channel(self: Any, packet_data: bytes) -> Any:
+        """The channel a decrypted CHANNEL_DATA packet goes straight to, or
+        None: any other packet, or a channel state asyncssh must handle."""
+        padlen = packet_data[0]
+        if (
+            packet_data[1] != MSG_CHANNEL_DATA
+            or not self._auth_complete
+            or len(packet_data) - padlen < 10
+        ):
+            return None
+        _, recv_chan, datalen = _DATA_HEADER.unpack_from(packet_data, 1)
+        chan = self._channels.get(recv_chan)
+        if (
+            chan is None
+            or datalen == 0
+            or len(packet_data) - padlen != 10 + datalen
+            or chan._recv_state != "open"
+            or datalen > chan._recv_window
+            or chan._recv_paused
+            or chan._encoding is not None
+            or chan._session is None
+            or chan._send_state in ("close_pending", "closed")
+            or not takes_plain_data(type(chan))
+        ):
+            return None
+        return chan
+
+    def deliver(self: Any, chan: Any, packet_data: bytes) -> None:
+        """As asyncssh's _process_data, _accept_data and _deliver_data."""
+        datalen = len(packet_data) - packet_data[0] - 10
+        data = packet_data[10 : 10 + datalen]
+        chan._recv_window -= datalen
+        self._auth_final = True
+        if chan._recv_window < chan._init_recv_window / 2:
+            chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
+        else:
+            chan._session.data_received(data, None)
+
+    def finish_in_asyncssh(self: Any, enc: Any, packet_data: bytes) -> bool:
+        """asyncssh's _recv_packet, on a packet this module already opened."""
+        self._recv_encryption = _Opened(packet_data)
+        try:
+            return bool(original_recv(self))
+        finally:
+            if isinstance(self._recv_encryption, _Opened):
+                self._recv_encryption = enc
+
+    def _recv_pkthdr(self: Any) -> bool:
+        # AES-GCM (the only cipher offered by default): every whole packet in
+        # the input buffer in one loop, the buffer cut once at the end
+        # rather than re-sliced per packet.
+        enc = self._recv_encryption
+        if (
+            type(enc) is not gcm_enc
+            or self._decompressor is not None
+            or not self._auth_complete
+            or logger_cls._debug_level >= 2
+        ):
+            return bool(original_pkthdr(self))
+        inp = self._inpbuf
+        end = len(inp)
+        pos = 0
+        cipher = enc._cipher
+        aead = _aead(cipher)
+        maxlen = self._max_recv_pktlen
+        blocksize = self._recv_blocksize
+        refused = False
+        try:
+            while end - pos >= blocksize:
+                pktlen = int.from_bytes(inp[pos : pos + 4], "big")
+                stop = pos + 4 + pktlen + _GCM_TAG
+                if pktlen > maxlen:
+                    refused = True  # asyncssh's own path raises its error
+                    break
+                if stop > end:
+                    break  # the rest of this packet is still on its way
+                iv = cipher._iv
+                try:
+                    packet_data = aead.decrypt(iv, inp[pos + 4 : stop], inp[pos : pos + 4])
+                except InvalidTag:
+                    refused = True  # asyncssh's own path raises its MAC error
+                    break
+                cipher._iv = _next_iv(iv)
+                chan = data_channel(self, packet_data)
+                if chan is None:
+                    self._packet = inp[pos : pos + blocksize]
+                    self._pktlen = pktlen
+                    self._inpbuf = inp = inp[pos + blocksize :]
+                    pos = 0
+                    self._recv_handler = self._recv_packet
+                    return finish_in_asyncssh(self, enc, packet_data)
+                pos = stop
+                if self._transport:
+                    self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
+                deliver(self, chan, packet_data)
+                if self._transport is None:
+                    return False  # closed by what the data set off
+        finally:
+            if pos and self._inpbuf is inp:
+                self._inpbuf = inp[pos:]
+        return bool(original_pkthdr(self)) if refused else False
 
     def _recv_packet(self: Any) -> bool:
         enc = self._recv_encryption
@@ -291,47 +426,15 @@ def _install_data_fast_path() -> None:
             )
             if not packet_data:
                 return original_recv(self)  # raises asyncssh's MAC error
-        padlen = packet_data[0]
-        chan = None
-        if (
-            packet_data[1] == MSG_CHANNEL_DATA
-            and self._auth_complete
-            and len(packet_data) - padlen >= 10
-        ):
-            _, recv_chan, datalen = _DATA_HEADER.unpack_from(packet_data, 1)
-            chan = self._channels.get(recv_chan)
-            if (
-                chan is None
-                or datalen == 0
-                or len(packet_data) - padlen != 10 + datalen
-                or chan._recv_state != "open"
-                or datalen > chan._recv_window
-                or chan._recv_paused
-                or chan._encoding is not None
-                or chan._session is None
-                or chan._send_state in ("close_pending", "closed")
-                or not takes_plain_data(type(chan))
-            ):
-                chan = None
+        chan = data_channel(self, packet_data)
         if chan is None:
-            self._recv_encryption = _Opened(packet_data)
-            try:
-                return original_recv(self)
-            finally:
-                if isinstance(self._recv_encryption, _Opened):
-                    self._recv_encryption = enc
+            return finish_in_asyncssh(self, enc, packet_data)
         self._inpbuf = inp[rem:]
         self._packet = b""
-        data = packet_data[10 : 10 + datalen]
-        chan._recv_window -= datalen
-        if chan._recv_window < chan._init_recv_window / 2:
-            chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
-        else:
-            chan._session.data_received(data, None)
-        self._auth_final = True
         if self._transport:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
         self._recv_handler = self._recv_pkthdr
+        deliver(self, chan, packet_data)
         return True
 
     def write(self: Any, data: Any, datatype: Any = None) -> None:
@@ -343,8 +446,7 @@ def _install_data_fast_path() -> None:
             or self._send_buf
             or self._send_state != "open"
             or self._encoding is not None
-            or n > self._send_window
-            or n > self._send_pktsize
+            or not self._send_window
             or conn is None
             or self._send_chan is None
             or logger_cls._debug_level >= 2
@@ -364,40 +466,37 @@ def _install_data_fast_path() -> None:
         ):
             original_write(self, data, datatype)
             return
-        blocksize = conn._send_blocksize
-        padlen = -(conn._send_enchdrlen + 9 + n) % blocksize
-        if padlen < 4:
-            padlen += blocksize
-        packet = b"".join(
-            (
-                padlen.to_bytes(1, "big"),
-                _DATA_HEADER.pack(MSG_CHANNEL_DATA, self._send_chan, n),
-                data,
-                _padding(padlen),
+        rest = None
+        if n > self._send_window:
+            # what the window allows goes now, the rest waits in asyncssh's
+            # send buffer for a WINDOW_ADJUST, as asyncssh's own write does
+            rest = data[self._send_window :]
+            data = data[: self._send_window]
+            n = len(data)
+        pktsize = self._send_pktsize
+        if n <= pktsize:
+            wire = _seal_data(conn, enc, self._send_chan, data)
+        else:  # several packets, one send() call
+            view = memoryview(data)
+            wire = b"".join(
+                [
+                    _seal_data(conn, enc, self._send_chan, view[at : at + pktsize])
+                    for at in range(0, n, pktsize)
+                ]
             )
-        )
-        pktlen = len(packet)
-        seq = conn._send_seq
-        header = pktlen.to_bytes(4, "big")
-        if type(enc) is gcm_enc:
-            cipher = enc._cipher
-            iv = cipher._iv
-            wire = header + _aead(cipher).encrypt(iv, packet, header)
-            cipher._iv = _next_iv(iv)
-        else:
-            sealed, mac = enc.encrypt_packet(seq, header, packet)
-            wire = sealed + mac
         try:
             transport.write(wire)
         except ConnectionError:
             pass  # as asyncssh's _send: the connection's own close handles it
-        conn._send_seq = (seq + 1) & 0xFFFFFFFF
-        conn._rekey_bytes_sent += pktlen
         self._send_window -= n
-        if self._send_paused:
+        if rest is not None:
+            original_write(self, rest, None)
+        elif self._send_paused:
             self._pause_resume_writing()
 
     _recv_packet.__wrapped__ = original_recv  # type: ignore[attr-defined]
+    _recv_pkthdr.__wrapped__ = original_pkthdr  # type: ignore[attr-defined]
+    conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     write.__wrapped__ = original_write  # type: ignore[attr-defined]
     conn_cls._recv_packet = _recv_packet  # type: ignore[method-assign]
     chan_cls.write = write  # type: ignore[method-assign]
