@@ -110,14 +110,22 @@ def _install_fair_reads() -> None:
     original = _connection.SSHConnection.data_received
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
-        if len(data) <= _FEED_BYTES:
+        if len(data) <= _FEED_BYTES or (
+            type(self._recv_encryption) is _encryption.GCMEncryption
+            and self._auth_complete
+            and self._decompressor is None
+            and _logging.SSHLogger._debug_level < 2
+        ):
+            # (the direct path's AES-GCM loop cuts the buffer once per read)
             original(self, data, datatype)
-            return
-        view = memoryview(data)
-        for at in range(0, len(data), _FEED_BYTES):
-            original(self, bytes(view[at : at + _FEED_BYTES]), datatype)
             if self._transport is None:
-                return  # closed while processing
+                return
+        else:
+            view = memoryview(data)
+            for at in range(0, len(data), _FEED_BYTES):
+                original(self, bytes(view[at : at + _FEED_BYTES]), datatype)
+                if self._transport is None:
+                    return  # closed while processing
         if len(data) < FAIR_READ_BYTES:
             return
         transport = self._transport
@@ -245,10 +253,11 @@ class _Opened:
         return self.packet_data
 
 
-def _seal_data(conn: Any, enc: Any, send_chan: int, data: Any) -> bytes:
+def _seal_data(conn: Any, enc: Any, send_chan: int, data: Any, out: list[bytes]) -> None:
     """One CHANNEL_DATA packet carrying ``data``, framed, padded and sealed as
-    asyncssh's ``send_packet`` does; the connection's send sequence number and
-    rekey byte count move on as they do there."""
+    asyncssh's ``send_packet`` does, appended to ``out`` in pieces (for one
+    writev); the connection's send sequence number and rekey byte count move
+    on as they do there."""
     n = len(data)
     padlen = -(conn._send_enchdrlen + 9 + n) % conn._send_blocksize
     if padlen < 4:
@@ -267,14 +276,15 @@ def _seal_data(conn: Any, enc: Any, send_chan: int, data: Any) -> bytes:
     if type(enc) is _encryption.GCMEncryption:
         cipher = enc._cipher
         iv = cipher._iv
-        wire = header + _aead(cipher).encrypt(iv, packet, header)
+        out.append(header)
+        out.append(_aead(cipher).encrypt(iv, packet, header))
         cipher._iv = _next_iv(iv)
     else:
         sealed, mac = enc.encrypt_packet(seq, header, packet)
-        wire = sealed + mac
+        out.append(sealed)
+        out.append(mac)
     conn._send_seq = (seq + 1) & 0xFFFFFFFF
     conn._rekey_bytes_sent += pktlen
-    return wire
 
 
 def _install_data_fast_path() -> None:
@@ -366,6 +376,7 @@ def _install_data_fast_path() -> None:
         maxlen = self._max_recv_pktlen
         blocksize = self._recv_blocksize
         refused = False
+        view = memoryview(inp)  # slices of it are not copies
         try:
             while end - pos >= blocksize:
                 pktlen = int.from_bytes(inp[pos : pos + 4], "big")
@@ -377,7 +388,7 @@ def _install_data_fast_path() -> None:
                     break  # the rest of this packet is still on its way
                 iv = cipher._iv
                 try:
-                    packet_data = aead.decrypt(iv, inp[pos + 4 : stop], inp[pos : pos + 4])
+                    packet_data = aead.decrypt(iv, view[pos + 4 : stop], view[pos : pos + 4])
                 except InvalidTag:
                     refused = True  # asyncssh's own path raises its MAC error
                     break
@@ -474,18 +485,22 @@ def _install_data_fast_path() -> None:
             data = data[: self._send_window]
             n = len(data)
         pktsize = self._send_pktsize
+        wire: list[bytes] = []
         if n <= pktsize:
-            wire = _seal_data(conn, enc, self._send_chan, data)
+            _seal_data(conn, enc, self._send_chan, data, wire)
         else:  # several packets, one send() call
             view = memoryview(data)
-            wire = b"".join(
-                [
-                    _seal_data(conn, enc, self._send_chan, view[at : at + pktsize])
-                    for at in range(0, n, pktsize)
-                ]
-            )
+            for at in range(0, n, pktsize):
+                _seal_data(conn, enc, self._send_chan, view[at : at + pktsize], wire)
         try:
-            transport.write(wire)
+            if len(wire) == 2:
+                transport.write(wire[0] + wire[1])  # small: a copy beats a writev
+            else:
+                writelines = getattr(transport, "writelines", None)
+                if writelines is not None:  # uvloop: one writev
+                    writelines(wire)
+                else:  # e.g. asyncssh's proxy-command tunnel
+                    transport.write(b"".join(wire))
         except ConnectionError:
             pass  # as asyncssh's _send: the connection's own close handles it
         self._send_window -= n
