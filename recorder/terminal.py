@@ -6,18 +6,110 @@ Owns two small things shared by ``commands`` and ``screen``:
   wraps of the row above (pyte forgets that) and how many rows have scrolled
   off the top, so a position taken earlier can still be found after the
   screen scrolled (a long command line typed at the bottom row scrolls).
+  Its cells are shared (see "Memory" below).
 * ``OutputTail``: a bounded tail of raw output, cheap to append to on the hot
   path, from which an emulator is re-synchronised when it is needed again.
 * ``PrivateModes``: DEC private modes (alternate screen, bracketed paste,
   cursor keys, mouse) from a byte search per chunk; pyte 0.8 ignores the
   alternate screen.
+* ``resync_start``: where to start replaying a tail into a fresh emulator.
+
+Memory (benchmark #5: a thousand shells, each extractor's screen alive while
+a line is typed): pyte makes a new 9-field ``Char`` namedtuple for every cell
+drawn (``cursor.attrs._replace(data=ch)``, ~130 bytes and a ``_make`` call
+each) and every row through ``StaticDefaultDict[int, Char](...)`` (a
+``GenericAlias`` call that also leaves an ``__orig_class__`` in each row's
+instance dict), from a ``lambda`` that closes over the screen (so every screen
+is a reference cycle, freed only by the cyclic collector). ``TrackedScreen``
+instead shares one immutable cell per (attributes, character) through a
+bounded table (``CELL_CACHE``), makes rows of a slotted ``dict`` subclass, and
+its row factory holds the screen weakly: a dropped screen is freed at once.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
+from collections import defaultdict
+from typing import Any
 
 import pyte
+from pyte import modes as _modes
+from pyte.charsets import LAT1_MAP as _LAT1
+from pyte.screens import Char
+
+CELL_CACHE = 4096
+"""Distinct (attributes, character) cells shared by all screens; the table is
+emptied when it is full (cells already on a screen stay valid: immutable)."""
+
+_cells: dict[Char, dict[str, Char]] = {}  # attributes -> character -> cell
+_cell_count = 0
+
+
+class _Cell(Char):  # type: ignore[misc]  # pyte ships no type hints
+    """A ``Char`` whose ``_replace(data=...)`` (what pyte's ``draw`` calls
+    per cell) returns one shared instance per (attributes, character).
+    Everything else behaves as ``Char`` (equality is a tuple's)."""
+
+    __slots__ = ()
+
+    def _replace(self, **kw: Any) -> Char:  # type: ignore[override]
+        if len(kw) == 1 and "data" in kw:
+            return _cell(self, kw["data"])
+        return Char._replace(self, **kw)
+
+
+def _cells_of(attrs: Char) -> dict[str, Char]:
+    """The shared cells with ``attrs``' attributes, by character."""
+    cells = _cells.get(attrs)
+    if cells is None:
+        cells = _cells[attrs] = {}
+    return cells
+
+
+def _cell(attrs: Char, data: str) -> Char:
+    """The shared cell showing ``data`` with ``attrs``' attributes."""
+    global _cell_count
+    cells = _cells_of(attrs)
+    cell = cells.get(data)
+    if cell is None:
+        if _cell_count >= CELL_CACHE:
+            _cells.clear()
+            _cell_count = 0
+            cells = _cells_of(attrs)
+        cell = cells[data] = Char._replace(attrs, data=data)
+        _cell_count += 1
+    return cell
+
+
+_BLANK = _Cell(" ", "default", "default", reverse=False)
+_BLANK_REVERSE = _Cell(" ", "default", "default", reverse=True)
+
+
+class _Row(dict[int, Char]):
+    """A screen row: column -> cell, ``default`` for columns never drawn
+    (pyte's ``StaticDefaultDict`` without an instance dict)."""
+
+    __slots__ = ("default",)
+
+    def __init__(self, default: Char) -> None:
+        self.default = default
+
+    def __missing__(self, key: int) -> Char:
+        return self.default
+
+
+class _RowFactory:
+    """Makes a screen's rows; holds the screen weakly (no reference cycle)."""
+
+    __slots__ = ("_screen",)
+
+    def __init__(self, screen: TrackedScreen) -> None:
+        self._screen = weakref.ref(screen)
+
+    def __call__(self) -> _Row:
+        screen = self._screen()
+        return _Row(screen.default_char if screen is not None else _BLANK)
 
 
 class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hints
@@ -33,9 +125,17 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
         self.wrapped: set[int] = set()
         self._drawing = False
         super().__init__(columns, lines)
+        # pyte's factory is a lambda over self: a reference cycle per screen.
+        self.buffer = defaultdict(_RowFactory(self))  # type: ignore[arg-type]
+
+    @property
+    def default_char(self) -> Char:
+        """pyte's blank cell (reverse under DECSCNM), shared."""
+        return _BLANK_REVERSE if _modes.DECSCNM in self.mode else _BLANK
 
     def reset(self) -> None:
         super().reset()
+        self.cursor.attrs = _BLANK  # pyte's Cursor(0, 0) has a plain Char(" ")
         self.wrapped = set()
 
     def draw(self, data: str) -> None:
@@ -43,15 +143,69 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
         # the call lets linefeed() tell a soft wrap from a real line feed.
         self._drawing = True
         try:
-            super().draw(data)
+            if (
+                data.isascii()
+                and data.isprintable()
+                and self.charset == 0
+                and self.g0_charset is _LAT1
+                and type(self.cursor.attrs) is _Cell
+                and _modes.IRM not in self.mode
+            ):
+                self._draw_ascii(data)
+            else:
+                super().draw(data)
         finally:
             self._drawing = False
 
+    def _draw_ascii(self, data: str) -> None:
+        """pyte's ``draw`` for printable ASCII under the default character
+        set, without insert mode: one column per character, so no width
+        lookups, no translation, and the cells come from the shared table
+        (what the typist's echo and a replayed prompt are: ~10x faster)."""
+        cursor = self.cursor
+        columns = self.columns
+        attrs = cursor.attrs
+        autowrap = _modes.DECAWM in self.mode
+        line = self.buffer[cursor.y]
+        x = cursor.x
+        cells = _cells_of(attrs)
+        for ch in data:
+            if x == columns:
+                if autowrap:
+                    self.dirty.add(cursor.y)
+                    cursor.x = x
+                    self.carriage_return()
+                    self.linefeed()
+                    line = self.buffer[cursor.y]
+                    x = cursor.x
+                else:
+                    x -= 1
+            cell = cells.get(ch)
+            if cell is None:
+                cell = _cell(attrs, ch)
+                cells = _cells_of(attrs)  # (the table may have been emptied)
+            line[x] = cell
+            x += 1
+        cursor.x = x
+        self.dirty.add(cursor.y)
+
     def index(self) -> None:
         top, bottom = self.margins or (0, self.lines - 1)
-        if self.cursor.y == bottom and top == 0:
+        if self.cursor.y != bottom:
+            self.cursor_down()
+            return
+        if top == 0:
             self.scrolled += 1
-        super().index()
+        # pyte's scroll (``buffer[y] = buffer[y + 1]``) makes every row it
+        # moves that was never drawn; only those that exist move here.
+        self.dirty.update(range(self.lines))
+        buf = self.buffer
+        for y in range(top, bottom):
+            row = buf.pop(y + 1, None)
+            if row is None:
+                buf.pop(y, None)
+            else:
+                buf[y] = row
 
     def linefeed(self) -> None:
         super().linefeed()
@@ -78,7 +232,12 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
     def row_text(self, y: int, start: int = 0) -> str:
         """The characters of row ``y`` from column ``start``, trailing blanks kept."""
         line = self.buffer[y]
-        return "".join(line[x].data for x in range(start, self.columns))
+        columns = self.columns
+        chars = [line.default.data] * (columns - start)
+        for x, cell in line.items():  # the cells drawn (a row is sparse)
+            if start <= x < columns:
+                chars[x - start] = cell.data
+        return "".join(chars)
 
     def is_continuation(self, y: int) -> bool:
         """Whether row ``y`` continues row ``y - 1`` (a soft wrap). Falls back
