@@ -20,7 +20,9 @@ write: the indexes keyed by user or target take each batch's rows on ~100
 scattered leaf pages, and every page a transaction dirties is written whole to
 the WAL at commit, so the cost of those pages is shared by the whole batch.
 The rows are built on the event loop ``_BUILD_SLICE`` records at a time with a
-yield in between, so a big batch does not hold up the relay. A record that
+yield in between, so a big batch does not hold up the relay; under a backlog
+they are built while the previous batch's COMMIT runs in aiosqlite's thread
+(batches still commit one at a time, in emit order). A record that
 cannot be written (not a store record, a value sqlite refuses) is logged and
 skipped; the rest of its batch is written (a batch sqlite refuses is halved
 until the bad record is alone). ``sqlite3.OperationalError`` (database
@@ -218,6 +220,8 @@ class _Rows:
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     audit: list[tuple[Any, ...]] = field(default_factory=list)
     bodies: dict[tuple[str, str], str] = field(default_factory=dict)
+    records: list[StoreRecord] = field(default_factory=list)
+    """The records these rows were built from (to write a batch in halves)."""
 
     def add(self, record: object) -> None:
         """Add one record's rows, or raise (and add nothing) if it is not writable."""
@@ -301,6 +305,15 @@ class _Rows:
                     row[_STATE] = state
             elif cid not in self.closed:
                 self.moved[cid] = state
+
+
+@dataclass
+class _InFlight:
+    """A batch whose COMMIT is under way."""
+
+    rows: _Rows
+    n: int  # records taken from the backlog (bad ones included)
+    commit: asyncio.Task[None]
 
 
 def _describe(record: object) -> str:
@@ -524,8 +537,21 @@ class SqliteStore(EventStore):
         return self._writer is None or self._writer.done()
 
     async def _run_writer(self) -> None:
+        # One batch's COMMIT (the WAL write, and at times a checkpoint with its
+        # fsyncs: ~25% of the writer's wall time, with the GIL released
+        # throughout) runs in aiosqlite's thread while the loop builds the
+        # next batch's rows. Only the COMMIT: during an executemany the thread
+        # takes the GIL back for every row, and a loop busy building rows made
+        # it wait up to the switch interval (5 ms) each time. The next batch
+        # begins only once the previous one is settled, so batches commit in
+        # emit order, one at a time.
+        inflight: _InFlight | None = None
         while True:
             if not self._pending:
+                if inflight is not None:
+                    await self._settle(inflight)
+                    inflight = None
+                    continue
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -534,59 +560,106 @@ class SqliteStore(EventStore):
             n = min(self._batch_size, len(self._pending))
             batch = [self._pending.popleft() for _ in range(n)]
             try:
-                await self._write_batch(batch)
-            except Exception:
-                # Only a bug in this module gets here; the writer must outlive it.
+                rows = await self._build(batch)
+            except Exception:  # a bug in this module; the writer must outlive it
                 log.exception("store writer failed on a batch", records=n)
+                rows = _Rows()
             # Not kept while the writer waits for more: up to batch_size records
             # spread over the heap pinned its arenas after a burst of closes.
             del batch
-            self._committed += n
-            async with self._progress:
-                self._progress.notify_all()
+            if inflight is not None:
+                await self._settle(inflight)
+            inflight = await self._begin(rows, n)
+            del rows
 
-    async def _write_batch(self, batch: list[StoreRecord]) -> None:
+    async def _begin(self, rows: _Rows, n: int) -> _InFlight | None:
+        """Write ``rows`` up to their COMMIT, which is left running (settle it
+        with ``_settle``); None when they are settled already."""
+        if rows.records:
+            try:
+                return _InFlight(rows, n, await self._execute(rows))
+            except Exception as e:
+                await self._write_or_log(rows, n, e)
+        await self._count(n)
+        return None
+
+    async def _settle(self, inflight: _InFlight) -> None:
+        """Wait for a batch's COMMIT; if it failed, write the batch again the
+        slow way (retrying, halving)."""
+        try:
+            await inflight.commit
+        except Exception as e:
+            await self._write_or_log(inflight.rows, inflight.n, e)
+        await self._count(inflight.n)
+
+    async def _write_or_log(self, rows: _Rows, n: int, error: Exception) -> None:
+        try:
+            await self._write(rows, error)
+        except Exception:  # a bug in this module; the writer must outlive it
+            log.exception("store writer failed on a batch", records=n)
+
+    async def _count(self, n: int) -> None:
+        self._committed += n
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _build(self, batch: list[StoreRecord]) -> _Rows:
+        """The rows of a batch, built ``_BUILD_SLICE`` records between yields;
+        a record that cannot be written is logged and left out."""
         rows = _Rows()
-        good: list[StoreRecord] = []
         for i, record in enumerate(batch):
             if i and i % _BUILD_SLICE == 0:
                 await asyncio.sleep(0)
             try:
                 rows.add(record)
-                good.append(record)
+                rows.records.append(record)
             except Exception as e:
                 log.error("store skipped a bad record", error=str(e), record=_describe(record))
-        if not good:
+        return rows
+
+    async def _write(self, rows: _Rows, error: Exception | None = None) -> None:
+        """Write ``rows`` in one transaction, and wait for it; ``error`` is how a
+        first attempt failed. Retries while the database fails; a batch sqlite
+        refuses is written in halves until the bad record is alone."""
+        if not rows.records:
             return
         delay = 0.01
         while True:
-            try:
-                await self._execute(rows)
-                return
-            except sqlite3.OperationalError as e:
+            if error is None:
+                try:
+                    await (await self._execute(rows))
+                    return
+                except Exception as e:
+                    error = e
+            if isinstance(error, sqlite3.OperationalError):
                 # locked/busy beyond busy_timeout, disk full, I/O error: the
                 # records are fine, the database is not (yet). Never drop: retry.
-                log.warning("store write failed; retrying", error=str(e), retry_in=delay)
+                log.warning("store write failed; retrying", error=str(error), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except Exception as e:
-                # a value sqlite refuses (an int over 64 bits, a constraint):
-                # some record's fault, not the database's
-                if len(good) == 1:
-                    log.error("store skipped a bad record", error=str(e), record=_describe(good[0]))
-                    return
-                # find the bad record(s): write each half on its own, in order
-                # (log2(n) rounds, not n transactions)
-                log.warning("store batch failed; writing it in halves", error=str(e))
-                half = len(good) // 2
-                await self._write_batch(good[:half])
-                await self._write_batch(good[half:])
+                error = None
+                continue
+            # a value sqlite refuses (an int over 64 bits, a constraint):
+            # some record's fault, not the database's
+            good = rows.records
+            if len(good) == 1:
+                log.error("store skipped a bad record", error=str(error), record=_describe(good[0]))
                 return
+            # find the bad record(s): write each half on its own, in order
+            # (log2(n) rounds, not n transactions)
+            log.warning("store batch failed; writing it in halves", error=str(error))
+            half = len(good) // 2
+            await self._write(await self._build(good[:half]))
+            await self._write(await self._build(good[half:]))
+            return
 
-    async def _execute(self, rows: _Rows) -> None:
+    async def _execute(self, rows: _Rows) -> asyncio.Task[None]:
+        """Begin a transaction and write ``rows`` in it; returns its COMMIT, under
+        way. The write lock is held until the COMMIT is done (or rolled back)."""
         db = self._db
         assert db is not None
-        async with self._write_lock:
+        await self._write_lock.acquire()
+        try:
             # IMMEDIATE takes the write lock up front, inside busy_timeout, rather
             # than failing on upgrade from a read lock part way through.
             await db.execute("BEGIN IMMEDIATE")
@@ -603,11 +676,26 @@ class SqliteStore(EventStore):
                     await db.executemany(_INSERT_COMMAND, rows.commands)
                 if rows.audit:
                     await db.executemany(_INSERT_AUDIT, rows.audit)
-                await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
+        except BaseException:
+            self._write_lock.release()
+            raise
+        commit = asyncio.create_task(self._commit(db), name="store-commit")
+        await asyncio.sleep(0)  # the task's first step queues the COMMIT in the thread
+        return commit
+
+    async def _commit(self, db: aiosqlite.Connection) -> None:
+        try:
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+        finally:
+            self._write_lock.release()
 
     # -- recovery ------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from store.events import (
     ConnectedEvent,
     DisconnectedEvent,
     OpenEvent,
+    UserLock,
 )
 
 
@@ -180,9 +181,9 @@ async def test_building_a_big_batch_yields_to_the_event_loop(db_path: Path) -> N
     at_execute: list[int] = []
     execute = s._execute
 
-    async def spy(rows: object) -> None:
+    async def spy(rows: object) -> object:
         at_execute.append(ticks)
-        await execute(rows)  # type: ignore[arg-type]
+        return await execute(rows)  # type: ignore[arg-type]
 
     async def ticker() -> None:
         nonlocal ticks
@@ -201,6 +202,102 @@ async def test_building_a_big_batch_yields_to_the_event_loop(db_path: Path) -> N
         await s.close()
     assert len(at_execute) == 1  # one batch, one transaction
     assert at_execute[0] >= 4  # the loop ran between the 5 slices of 1,000 rows
+
+
+def _command(i: int) -> CommandRecord:
+    return CommandRecord(
+        time=at(i), connection_id="a", user="alice", target="web1", target_user="deploy",
+        command=str(i),
+    )  # fmt: skip
+
+
+async def test_the_next_batch_is_built_while_a_commit_runs(db_path: Path) -> None:
+    # batch N's COMMIT is left running in aiosqlite's thread while the loop
+    # builds batch N+1; N+1's inserts begin only after N is committed
+    s = SqliteStore(db_path, batch_size=1000)
+    await s.open()
+    steps: list[str] = []
+    build, execute, commit = s._build, s._execute, s._commit
+
+    async def spy_build(batch: list) -> object:  # type: ignore[type-arg]
+        steps.append("build")
+        return await build(batch)
+
+    async def spy_execute(rows: object) -> object:
+        steps.append("execute")
+        return await execute(rows)  # type: ignore[arg-type]
+
+    async def spy_commit(db: object) -> None:
+        steps.append("commit")
+        await commit(db)  # type: ignore[arg-type]
+        steps.append("committed")
+
+    s._build, s._execute, s._commit = spy_build, spy_execute, spy_commit  # type: ignore[method-assign]
+    for i in range(3000):
+        s.emit(_command(i))
+    await s.flush()
+    await s.close()
+    # the commit is queued before the next build starts, and the next execute
+    # waits for it
+    assert steps[:4] == ["build", "execute", "commit", "build"]
+    assert [x for x in steps if x in ("execute", "committed")] == ["execute", "committed"] * 3
+    async with SqliteStore(db_path, readonly=True) as ro:
+        assert [c.command for c in await ro.commands(QueryFilter())] == [
+            str(i) for i in range(3000)
+        ]
+
+
+async def test_a_commit_that_fails_is_written_again(db_path: Path) -> None:
+    # the overlapped COMMIT fails (disk full, I/O error): the batch is written
+    # again the slow way, once, and the batches after it keep their order
+    s = SqliteStore(db_path, batch_size=2)
+    await s.open()
+    commit = s._commit
+    failures = 0
+
+    async def flaky(db: object) -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            try:
+                await db.execute("ROLLBACK")  # type: ignore[attr-defined]
+            finally:
+                s._write_lock.release()
+            raise sqlite3.OperationalError("database or disk is full")
+        await commit(db)  # type: ignore[arg-type]
+
+    s._commit = flaky  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        for i in range(6):
+            s.emit(_command(i))
+        await s.flush()
+    await s.close()
+    assert failures == 1
+    retries = [e for e in logs if e["event"] == "store write failed; retrying"]
+    assert len(retries) == 1 and "disk is full" in retries[0]["error"]
+    async with SqliteStore(db_path, readonly=True) as ro:
+        assert [c.command for c in await ro.commands(QueryFilter())] == [str(i) for i in range(6)]
+
+
+async def test_a_lock_write_waits_for_a_running_commit(store: SqliteStore) -> None:
+    # the write lock is held from BEGIN until the overlapped COMMIT is done, so
+    # a lock write never lands inside a batch's transaction
+    commit = store._commit
+    committing = asyncio.Event()
+
+    async def spy(db: object) -> None:
+        committing.set()
+        await commit(db)  # type: ignore[arg-type]
+
+    store._commit = spy  # type: ignore[method-assign]
+    for i in range(2000):
+        store.emit(_command(i))
+    await committing.wait()
+    assert store._write_lock.locked()
+    await store.lock_user(UserLock(user="mallory", time=at(0), actor="alice"))
+    await store.flush()
+    assert [lock.user for lock in await store.locks()] == ["mallory"]
+    assert len(await store.commands(QueryFilter())) == 2000
 
 
 async def test_a_subclass_of_a_record_is_written_as_its_base(store: SqliteStore) -> None:
