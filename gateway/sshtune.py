@@ -54,6 +54,8 @@ the same work inline: the same framing, padding, encryption, sequence
 numbers, window accounting and WINDOW_ADJUST. Anything else takes asyncssh's
 own path unchanged, including every other packet type. Padding comes from a
 pool of ``os.urandom`` bytes rather than one ``getrandom`` call per packet.
+The receive side is AES-GCM's only (the default offer): its header wrap opens
+every whole packet in the input buffer in one loop and cuts the buffer once.
 """
 
 from __future__ import annotations
@@ -309,44 +311,6 @@ def _install_data_fast_path() -> None:
             )
         return ok
 
-    def data_channel(self: Any, packet_data: bytes) -> Any:
-        """The channel a decrypted CHANNEL_DATA packet goes straight to, or
-        None: any other packet, or a channel state asyncssh must handle."""
-        padlen = packet_data[0]
-        if (
-            packet_data[1] != MSG_CHANNEL_DATA
-            or not self._auth_complete
-            or len(packet_data) - padlen < 10
-        ):
-            return None
-        _, recv_chan, datalen = _DATA_HEADER.unpack_from(packet_data, 1)
-        chan = self._channels.get(recv_chan)
-        if (
-            chan is None
-            or datalen == 0
-            or len(packet_data) - padlen != 10 + datalen
-            or chan._recv_state != "open"
-            or datalen > chan._recv_window
-            or chan._recv_paused
-            or chan._encoding is not None
-            or chan._session is None
-            or chan._send_state in ("close_pending", "closed")
-            or not takes_plain_data(type(chan))
-        ):
-            return None
-        return chan
-
-    def deliver(self: Any, chan: Any, packet_data: bytes) -> None:
-        """As asyncssh's _process_data, _accept_data and _deliver_data."""
-        datalen = len(packet_data) - packet_data[0] - 10
-        data = packet_data[10 : 10 + datalen]
-        chan._recv_window -= datalen
-        self._auth_final = True
-        if chan._recv_window < chan._init_recv_window / 2:
-            chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
-        else:
-            chan._session.data_received(data, None)
-
     def finish_in_asyncssh(self: Any, enc: Any, packet_data: bytes) -> bool:
         """asyncssh's _recv_packet, on a packet this module already opened."""
         self._recv_encryption = _Opened(packet_data)
@@ -358,8 +322,11 @@ def _install_data_fast_path() -> None:
 
     def _recv_pkthdr(self: Any) -> bool:
         # AES-GCM (the only cipher offered by default): every whole packet in
-        # the input buffer in one loop, the buffer cut once at the end
-        # rather than re-sliced per packet.
+        # the input buffer in one loop, the buffer cut once at the end rather
+        # than re-sliced per packet. CHANNEL_DATA for a channel in the plain
+        # open state goes straight to its session, as asyncssh's
+        # _process_data, _accept_data and _deliver_data would take it (inline:
+        # a Python call costs more than most of this loop's lines).
         enc = self._recv_encryption
         if (
             type(enc) is not gcm_enc
@@ -375,11 +342,12 @@ def _install_data_fast_path() -> None:
         aead = _aead(cipher)
         maxlen = self._max_recv_pktlen
         blocksize = self._recv_blocksize
+        channels = self._channels
         refused = False
         view = memoryview(inp)  # slices of it are not copies
         try:
             while end - pos >= blocksize:
-                pktlen = int.from_bytes(inp[pos : pos + 4], "big")
+                pktlen = int.from_bytes(view[pos : pos + 4], "big")
                 stop = pos + 4 + pktlen + _GCM_TAG
                 if pktlen > maxlen:
                     refused = True  # asyncssh's own path raises its error
@@ -392,8 +360,25 @@ def _install_data_fast_path() -> None:
                 except InvalidTag:
                     refused = True  # asyncssh's own path raises its MAC error
                     break
-                cipher._iv = _next_iv(iv)
-                chan = data_channel(self, packet_data)
+                cipher._iv = iv[:4] + (
+                    (int.from_bytes(iv[4:], "big") + 1) & _IV_MASK  # as _next_iv
+                ).to_bytes(8, "big")
+                chan = None
+                datalen = len(packet_data) - packet_data[0] - 10  # padding, header
+                if packet_data[1] == MSG_CHANNEL_DATA and datalen > 0:
+                    _, recv_chan, n = _DATA_HEADER.unpack_from(packet_data, 1)
+                    chan = channels.get(recv_chan)
+                    if chan is not None and (
+                        n != datalen
+                        or chan._recv_state != "open"
+                        or datalen > chan._recv_window
+                        or chan._recv_paused
+                        or chan._encoding is not None
+                        or chan._session is None
+                        or chan._send_state in ("close_pending", "closed")
+                        or not (plain.get(type(chan)) or takes_plain_data(type(chan)))
+                    ):
+                        chan = None
                 if chan is None:
                     self._packet = inp[pos : pos + blocksize]
                     self._pktlen = pktlen
@@ -404,49 +389,19 @@ def _install_data_fast_path() -> None:
                 pos = stop
                 if self._transport:
                     self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
-                deliver(self, chan, packet_data)
+                self._auth_final = True
+                data = packet_data[10 : 10 + datalen]
+                chan._recv_window -= datalen
+                if chan._recv_window < chan._init_recv_window / 2:
+                    chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
+                else:
+                    chan._session.data_received(data, None)
                 if self._transport is None:
                     return False  # closed by what the data set off
         finally:
             if pos and self._inpbuf is inp:
                 self._inpbuf = inp[pos:]
         return bool(original_pkthdr(self)) if refused else False
-
-    def _recv_packet(self: Any) -> bool:
-        enc = self._recv_encryption
-        if enc is None or self._decompressor is not None or logger_cls._debug_level >= 2:
-            return original_recv(self)
-        inp = self._inpbuf
-        macsize = self._recv_macsize
-        rem = 4 + self._pktlen + macsize - self._recv_blocksize
-        if len(inp) < rem:
-            return False
-        seq = self._recv_seq
-        if type(enc) is gcm_enc:
-            cipher = enc._cipher
-            first = self._packet
-            iv = cipher._iv
-            try:
-                packet_data = _aead(cipher).decrypt(iv, first[4:] + inp[:rem], first[:4])
-            except InvalidTag:
-                return original_recv(self)  # raises asyncssh's MAC error
-            cipher._iv = _next_iv(iv)
-        else:
-            packet_data = enc.decrypt_packet(
-                seq, self._packet, inp[: rem - macsize], 4, inp[rem - macsize : rem]
-            )
-            if not packet_data:
-                return original_recv(self)  # raises asyncssh's MAC error
-        chan = data_channel(self, packet_data)
-        if chan is None:
-            return finish_in_asyncssh(self, enc, packet_data)
-        self._inpbuf = inp[rem:]
-        self._packet = b""
-        if self._transport:
-            self._recv_seq = (seq + 1) & 0xFFFFFFFF
-        self._recv_handler = self._recv_pkthdr
-        deliver(self, chan, packet_data)
-        return True
 
     def write(self: Any, data: Any, datatype: Any = None) -> None:
         conn = self._conn
@@ -509,11 +464,9 @@ def _install_data_fast_path() -> None:
         elif self._send_paused:
             self._pause_resume_writing()
 
-    _recv_packet.__wrapped__ = original_recv  # type: ignore[attr-defined]
     _recv_pkthdr.__wrapped__ = original_pkthdr  # type: ignore[attr-defined]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     write.__wrapped__ = original_write  # type: ignore[attr-defined]
-    conn_cls._recv_packet = _recv_packet  # type: ignore[method-assign]
     chan_cls.write = write  # type: ignore[method-assign]
 
 
