@@ -46,10 +46,16 @@ Speed (the relay's hot path): pyte runs at a few MB/s, so it must not see a
 first key of a line until the line is resolved, plus ``SETTLE_BYTES`` of
 output after that (to keep the next prompt in view). Otherwise output only
 goes to a bounded raw tail (``OutputTail``) and an alternate-screen byte search;
-when the next key arrives, a fresh emulator is replayed from that tail
-(starting at a line boundary or the last full clear, see ``resync_start``). So
-bulk output costs an append and a ``bytes`` search per chunk, and a keystroke
-after bulk output costs one replay of at most ``TAIL_BYTES``.
+when the next key arrives, a fresh emulator is replayed from that tail: its
+last few lines, placed where a replay of the whole tail would have put them,
+when the bytes show that this draws them the same (``engage_replay``; the
+tail scans only what is new since the last engage), else
+the whole tail from a line boundary or the last full clear (``resync_start``).
+So bulk output costs an append and a ``bytes`` search per chunk, and a
+keystroke after bulk output costs one replay of a few lines, at worst of
+``TAIL_BYTES``. After a cheap replay the emulator is blanked again as soon as
+output follows the resolved line (see ``SETTLE_BYTES``), so an idle shell
+holds no screen content.
 
 API::
 
@@ -75,7 +81,14 @@ from dataclasses import dataclass, field
 
 import pyte
 
-from recorder.terminal import OutputTail, PrivateModes, TrackedScreen, resync_start
+from recorder.terminal import (
+    OutputTail,
+    PrivateModes,
+    TrackedScreen,
+    between_sequences,
+    close_stream,
+    place,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +116,16 @@ TAIL_BYTES = 16 * 1024
 
 SETTLE_BYTES = 16 * 1024
 """Output fed to the emulator after the last line resolved, before it is
-dropped in favour of the raw tail (an interactive shell stays engaged)."""
+dropped in favour of the raw tail, when re-engaging would replay the whole
+tail (an interactive shell then stays engaged). When the last engage could
+replay just the tail's last lines (``engage_replay``), the emulator is let go
+as soon as output follows a resolved line: re-engaging costs a few lines of
+pyte, and an idle shell holds no screen content, only a blank emulator kept
+for the next line (~10 KiB: making pyte's stream again would cost more than
+the replay)."""
+
+CHEAP_REPLAY_BYTES = 512
+"""A whole-tail replay this short counts as cheap (a shell's first lines)."""
 
 BUSY_BYTES = 256 * 1024
 """Output with no key typed after which pending lines are given up on, so a
@@ -162,9 +184,11 @@ class CommandExtractor:
         self.rows = rows
         self._screen: TrackedScreen | None = None
         self._stream: pyte.ByteStream | None = None
+        self._parked: tuple[TrackedScreen, pyte.ByteStream] | None = None  # blank, for re-use
         self._tail = OutputTail(TAIL_BYTES)
         self._alt = PrivateModes()
         self._settle = 0  # output bytes fed since the last line resolved
+        self._settle_limit = SETTLE_BYTES  # ... before disengaging (see _engage)
         self._lines: deque[_Line] = deque()  # unresolved, oldest first
         self._current: _Line | None = None  # the line being typed (no Enter yet)
         self._pieces: deque[_Piece] = deque()
@@ -193,7 +217,7 @@ class CommandExtractor:
         if self._screen is None:
             self._alt.feed(data)
             return ()  # disengaged: the cheap path, nothing can be pending
-        if not self._lines and self._settle + len(data) > SETTLE_BYTES:
+        if not self._lines and self._settle + len(data) > self._settle_limit:
             # Nothing waits on the screen and this read would end the settle
             # anyway: disengage before pyte sees it (a `cat` after its command
             # line was read cost ~32 KiB of emulation, ~10 ms, for nothing).
@@ -205,7 +229,7 @@ class CommandExtractor:
                 line.output_after_enter = True
         self._feed(data)
         self._settle += len(data)
-        if self._settle > SETTLE_BYTES:
+        if self._settle > self._settle_limit:
             if self._lines and self._settle > BUSY_BYTES:
                 self._give_up()
             if not self._lines:
@@ -306,6 +330,10 @@ class CommandExtractor:
         if self._current is not None and self._current.echo == _UNKNOWN:
             self._current.echo = _NOECHO
         self._current = None
+        self._disengage()
+        if self._parked is not None:
+            close_stream(self._parked[1])
+            self._parked = None
         return self._drain(final=True)
 
     def _give_up(self) -> None:
@@ -376,14 +404,50 @@ class CommandExtractor:
 
     def _engage(self) -> TrackedScreen:
         if self._screen is None:
-            screen = TrackedScreen(self.cols, self.rows)
-            stream = pyte.ByteStream(screen)
-            stream.feed(resync_start(self._tail.get()))
+            if self._parked is not None:
+                screen, stream = self._parked
+                self._parked = None
+                if (screen.columns, screen.lines) != (self.cols, self.rows):
+                    screen.resize(self.rows, self.cols)
+                    screen.blank()  # (tab stops are set for the width)
+            else:
+                screen = TrackedScreen(self.cols, self.rows)
+                stream = pyte.ByteStream(screen, strict=False)  # (a pyte Screen: every event)
             self._screen, self._stream = screen, stream
+            row, data = self._tail.replay(self.cols, self.rows)
+            # A cut replay is a few lines: letting the screen go as soon as
+            # nothing waits on it costs little to undo. A whole one is up to
+            # TAIL_BYTES through pyte: stay engaged for SETTLE_BYTES as before.
+            self._settle_limit = 0 if row or len(data) <= CHEAP_REPLAY_BYTES else SETTLE_BYTES
+            self._osc_prompt_end = None
+            if b"\x1b]133;" in data:
+                self._replay_marked(data)  # the prompt's end, as if engaged all along
+            else:
+                stream.feed(data)
+            if row:
+                place(screen, row)
             self._settle = 0
         return self._screen
 
+    def _replay_marked(self, data: bytes) -> None:
+        s, stream = self._screen, self._stream
+        assert s is not None and stream is not None
+        last = 0
+        for m in _OSC133.finditer(data):
+            stream.feed(data[last : m.end()])
+            last = m.end()
+            if m.group(1) == b"B":
+                self._osc_prompt_end = (s.cursor.y + s.scrolled, s.cursor.x)
+        stream.feed(data[last:])
+
     def _disengage(self) -> None:
+        screen, stream = self._screen, self._stream
+        if screen is not None and stream is not None:
+            if self._settle_limit == 0 and between_sequences(stream):
+                screen.blank()
+                self._parked = (screen, stream)
+            else:
+                close_stream(stream)  # the screen is freed now, not by the collector
         self._screen = None
         self._stream = None
         self._osc_prompt_end = None

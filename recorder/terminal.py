@@ -12,7 +12,8 @@ Owns two small things shared by ``commands`` and ``screen``:
 * ``PrivateModes``: DEC private modes (alternate screen, bracketed paste,
   cursor keys, mouse) from a byte search per chunk; pyte 0.8 ignores the
   alternate screen.
-* ``resync_start``: where to start replaying a tail into a fresh emulator.
+* ``resync_start`` and ``engage_replay``: what of a tail to replay into a
+  fresh emulator.
 
 Memory (benchmark #5: a thousand shells, each extractor's screen alive while
 a line is typed): pyte makes a new 9-field ``Char`` namedtuple for every cell
@@ -218,6 +219,29 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
             low = self.scrolled
             self.wrapped = {r for r in self.wrapped if r >= low}
 
+    def blank(self) -> None:
+        """As new: pyte's reset, and what it leaves (scroll count, saved
+        cursors, dirty rows)."""
+        self.reset()
+        self.scrolled = 0
+        self.savepoints.clear()
+        self.dirty.clear()
+
+    def shift_down(self, count: int) -> None:
+        """Move every row ``count`` rows down (those pushed past the bottom
+        are dropped), the cursor with them; absolute rows stay the same (a
+        replay drawn from the top, then put where it would have been drawn)."""
+        if count <= 0:
+            return
+        buf = self.buffer
+        for y in sorted(buf, reverse=True):
+            row = buf.pop(y)
+            if y + count < self.lines:
+                buf[y + count] = row
+        self.cursor.y = min(self.cursor.y + count, self.lines - 1)
+        self.scrolled -= count
+        self.dirty.update(range(self.lines))
+
     def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
         # pyte's parser passes private=True for "CSI > ... m" (xterm key
         # modifier options, sent by vim), which Screen does not accept.
@@ -251,6 +275,13 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
         return above[self.columns - 1].data not in (" ", "")
 
 
+ENGAGE_LINES = 3
+"""Lines of a tail replayed when ``engage_replay`` can cut it: the prompt's
+line and the two above it (a two-line prompt and the line before it; a shell
+that redraws its prompt moves up at most that far). Each line costs ~15 us of
+pyte per re-engage, i.e. per command line typed."""
+
+
 class OutputTail:
     """The last ``limit`` bytes of output, appended in O(1) without copying:
     chunks are kept in a list and the oldest ones are dropped as soon as the
@@ -267,8 +298,14 @@ class OutputTail:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
+        self.total = 0  # bytes ever appended: the stream offset of the tail's end
+        # ``replay``'s facts about the stream so far, as stream offsets:
+        self._scanned = 0  # bytes looked at
+        self._marker = -1  # start of the last resync_start marker
+        self._uncuttable = -1  # end of the last sequence engage_replay must not cut across
 
     def append(self, data: bytes) -> None:
+        self.total += len(data)
         chunks = self._chunks
         chunks.append(data)
         size = self._size + len(data)
@@ -293,6 +330,56 @@ class OutputTail:
         joined = b"".join(self._chunks)
         self._chunks = [joined] if joined else []
         return joined[-self.limit :]
+
+    def replay(self, columns: int, lines: int, keep: int = ENGAGE_LINES) -> tuple[int, bytes]:
+        """``engage_replay(self.get(), columns, lines, keep)``, looking only
+        at the bytes that came since the last call (and the escape sequence
+        they may have started inside): a typist's re-engage costs what was
+        printed since, not a scan of the whole tail."""
+        tail = self.get()
+        start = self.total - len(tail)  # stream offset of tail[0]
+        self._scan(tail, start)
+        if self._marker >= start:
+            first = self._marker - start
+        else:
+            nl = tail.find(b"\n")
+            first = nl + 1 if nl >= 0 else 0
+        region = tail[first:]  # resync_start(tail)
+        if self._uncuttable <= start + first:
+            plan = _cut(region, columns, lines, keep)
+            if plan is not None:
+                return plan
+        return 0, region
+
+    def _scan(self, tail: bytes, start: int) -> None:
+        pos = self._scanned - start
+        if pos >= len(tail):
+            return
+        if pos <= 0:
+            pos = 0  # all of the tail is new (what came before is gone)
+        else:
+            # Back to the last ESC: a sequence may have been cut by the last scan.
+            esc = tail.rfind(b"\x1b", 0, pos)
+            pos = esc if esc >= 0 else pos - 1  # (or a C1 pair's first byte)
+        for marker in _MARKERS:
+            at = tail.rfind(marker, pos)
+            if at >= 0:
+                self._marker = max(self._marker, start + at)
+        end = -1
+        for m in _UNCUTTABLE.finditer(tail, pos):
+            end = m.end()
+        for m in _SET_MODE.finditer(tail, pos):
+            params = m.group(1)
+            nums = {int(n) for n in re.findall(rb"[0-9]+", params)}
+            if nums & (_DRAWING_PRIVATE_MODES if b"?" in params else _DRAWING_MODES):
+                end = max(end, m.end())
+        for control in _UNCUTTABLE_CONTROLS:
+            at = tail.rfind(control, pos)
+            if at >= 0:
+                end = max(end, at + len(control))
+        if end >= 0:
+            self._uncuttable = max(self._uncuttable, start + end)
+        self._scanned = start + len(tail)
 
 
 _PRIVATE_MODE = re.compile(rb"\x1b\[\?([0-9;]+)([hl])")
@@ -356,3 +443,120 @@ def resync_start(tail: bytes) -> bytes:
         return tail[best:]
     nl = tail.find(b"\n")
     return tail[nl + 1 :] if nl >= 0 else tail
+
+
+_MARKERS = (b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[2J", b"\x1bc")
+"""Where ``resync_start`` may start a replay."""
+
+# What ``engage_replay`` must not cut across, because pyte would draw the kept
+# lines differently without what came before: any vertical cursor motion
+# (CUU CUD CNL CPL CUP HVP VPA VPR, IL DL, margins DECSTBM, tab stops TBC;
+# IND NEL RI HTS DECSC DECRC DECALN, charset switch ESC %; not RIS, which is a
+# replay's start), VT and FF (line feeds that are not "\n"), C1 CSI and OSC in
+# UTF-8 (pyte honours them), and modes that change drawing.
+_UNCUTTABLE = re.compile(rb"\x1b(?:\[[\x20-\x3f]*[ABEFHLMdefgr]|[DEMH78#%])")
+_UNCUTTABLE_CONTROLS = (b"\x0b", b"\x0c", b"\xc2\x9b", b"\xc2\x9d")
+_SET_MODE = re.compile(rb"\x1b\[([\x20-\x3f]*)[hl]")
+_DRAWING_MODES = frozenset({4, 20})  # IRM, LNM
+_DRAWING_PRIVATE_MODES = frozenset({3, 6, 7})  # DECCOLM, DECOM, DECAWM
+# Horizontal moves that can carry a line past the right margin (a wrap) in
+# fewer bytes than columns: CUF, HPR, CHA, HPA.
+_FAR_RIGHT = re.compile(rb"\x1b\[[0-9;]*[CaG`]")
+# One complete escape sequence: CSI, OSC (BEL or ST), or ESC + final byte.
+_COMPLETE = re.compile(
+    rb"\x1b(?:\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
+    rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x20-\x2f]*[\x30-\x7e])"
+)
+
+
+def engage_replay(
+    tail: bytes, columns: int, lines: int, keep: int = ENGAGE_LINES
+) -> tuple[int, bytes]:
+    """What to replay into a fresh ``columns`` x ``lines`` emulator to see the
+    end of ``tail`` as a replay of all of ``resync_start(tail)`` would show
+    it, cheaply: ``(row, data)``: feed ``data`` with the cursor on ``row``
+    (column 0); or, the same and cheaper (no scrolling, no blank rows made),
+    feed it from the top and then ``shift_down`` the screen until the cursor
+    is where it would be (``place``). (``OutputTail.replay`` gives the same
+    answer, scanning only what is new since its last call.)
+
+    Usually ``data`` is the last ``keep`` lines and ``row`` where the
+    whole replay would have started them (the bottom row once the tail has a
+    screenful of lines). That is exact for the cursor, its row and every row
+    of the kept lines when the bytes before them only ever moved the cursor
+    down: no cursor addressing, no cursor up, no scroll margins, no modes that
+    change drawing, nothing unfinished at the cut (the cut is just after a
+    ``CR LF``, column 0, outside any escape sequence). Each row is then drawn
+    on a blank row in both replays, so the only difference is above the kept
+    lines: blank here, older output there (the extractor reads the prompt's
+    line and what follows it). When any of that cannot be shown from the
+    bytes, or there are fewer lines than ``keep``, the answer is
+    ``(0, resync_start(tail))``: the whole replay, as before (``row`` is 0
+    only then: a cut is after at least one line feed)."""
+    t = OutputTail(max(1, len(tail)))
+    t.append(tail)
+    return t.replay(columns, lines, keep)
+
+
+def _cut(region: bytes, columns: int, lines: int, keep: int) -> tuple[int, bytes] | None:
+    """``engage_replay``'s cut of a region without uncuttable sequences,
+    or None."""
+    cut = len(region)
+    for _ in range(keep):
+        cut = region.rfind(b"\n", 0, cut)
+        if cut <= 0:
+            return None  # fewer lines than kept
+    if region[cut - 1] != 0x0D:
+        return None  # LF alone keeps the column
+    cut += 1
+    esc = region.rfind(b"\x1b", 0, cut)
+    if esc >= 0:
+        m = _COMPLETE.match(region, esc)
+        if m is None or m.end() > cut - 2:
+            return None  # a sequence open across the CR LF
+    # The whole replay starts at row 0 and goes down a row per line feed and
+    # per wrap, to the bottom row at most.
+    before = 0
+    at = cut
+    while before < lines - 1:
+        at = region.rfind(b"\n", 0, at)
+        if at < 0:
+            break
+        before += 1
+    if before < lines - 1:
+        # Not a screenful: show that no line before the cut wrapped.
+        head = region[:cut]
+        if b"\t" in head or _FAR_RIGHT.search(head):
+            return None
+        if max(map(len, head.split(b"\n"))) > columns:
+            return None
+    return before, region[cut:]
+
+
+def place(screen: TrackedScreen, row: int) -> None:
+    """After ``data`` of ``engage_replay`` was fed from the top row of a fresh
+    ``screen``: move its rows down to where feeding it from ``row`` would
+    have drawn them. The kept lines only move the cursor down (line feeds
+    and wraps), so from ``row`` they would have ended ``cursor.y`` rows
+    lower, at the bottom row at most."""
+    y = screen.cursor.y
+    screen.shift_down(min(row + y, screen.lines - 1) - y)
+
+
+def close_stream(stream: pyte.ByteStream) -> None:
+    """Done with a stream (and its screen): pyte's parser is a generator whose
+    frame holds the stream, a reference cycle the collector would have to
+    find; closing it lets both go as soon as they are dropped."""
+    parser = getattr(stream, "_parser", None)
+    if parser is not None:
+        parser.close()
+
+
+def between_sequences(stream: pyte.ByteStream) -> bool:
+    """Whether the stream's parser is in its ground state (not inside an
+    escape sequence or a UTF-8 character): fed nothing more, it is as new."""
+    return (
+        stream._taking_plain_text is True
+        and stream.use_utf8
+        and stream.utf8_decoder.getstate() == (b"", 0)
+    )

@@ -142,3 +142,19 @@ def test_echoed_input_is_released_in_order() -> None:
     recorded = b"".join(e.data for e in events if isinstance(e, RecordableInput))
     typed = b"".join(d for _, direction, d in chunks(case) if direction == "i")
     assert recorded == typed
+
+
+SCROLLBACK = "".join(f"earlier output {i}\r\n" for i in range(30))
+"""Output before a session, as in a long-lived shell: the extractor then
+re-engages from the tail's last lines (``engage_replay``), not all of it."""
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_corpus_after_scrollback(path: Path) -> None:
+    case = load(path)
+    case["events"] = [[0.0, "o", SCROLLBACK], *case["events"]]
+    events = replay(case)
+    assert commands(events) == case["expected"]
+    recorded = b"".join(e.data for e in events if isinstance(e, RecordableInput))
+    for secret in case["secrets"]:
+        assert secret.encode()[:4] not in recorded

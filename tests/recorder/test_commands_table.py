@@ -191,3 +191,148 @@ SPLITS = [
 @pytest.mark.parametrize(("text", "expected"), SPLITS, ids=[s[0] for s in SPLITS])
 def test_split_command_lines(text: str, expected: tuple[list[str], str | None]) -> None:
     assert split_command_lines(text) == expected
+
+
+SCROLL = b"".join(b"output line %d\r\n" % i for i in range(30))
+VIM = (
+    b"\x1b[?1049h\x1b[22;0;0t\x1b[1;24r\x1b[?12h\x1b[?25l\x1b[H\x1b[2J"
+    b'~\r\n~\r\n~\x1b[24;1H"f" 0L, 0B\x1b[1;1H\x1b[?25h'
+    b"\x1b[24;1H\x1b[?1049l\x1b[23;0;0t\r\x1b[?1l\x1b>"
+)
+
+# Re-engaging at a line's first key after the extractor dropped its screen:
+# (name, output after the first command's prompt, keys, output while typing, expected).
+# The first command (``true``) resolves and the screen is dropped before the
+# second line's first key, so the second line is read off a replayed tail.
+REENGAGE = [
+    ("plain, after scrollback", b"", b"ls -l", None, ["true", "ls -l"]),
+    (
+        "prompt wrapped over more rows than the lines kept",
+        b"\r\n" + b"p" * 400 + PROMPT,
+        b"ls -l",
+        None,
+        ["true", "ls -l"],
+    ),
+    (
+        "clear screen just before the prompt",
+        b"\x1b[H\x1b[2J" + PROMPT,
+        b"pwd",
+        None,
+        ["true", "pwd"],
+    ),
+    (
+        "clear screen a few lines up",
+        b"\x1b[H\x1b[2Ja\r\nb\r\n" + PROMPT,
+        b"pwd",
+        None,
+        ["true", "pwd"],
+    ),
+    ("prompt with no newline before it", b"\r\nno newline" + PROMPT, b"id", None, ["true", "id"]),
+    # (staying engaged read "echo okB": pyte has no alternate screen, so the
+    # prompt was drawn over vim's status line; the replay starts at the exit)
+    ("after vim exited", b"\r\n" + VIM + PROMPT, b"echo ok", None, ["true", "echo ok"]),
+    # (a prompt drawn over old text without erasing it reads as drawn: both
+    # the whole and the cut replay see the remnant, so the program erases)
+    (
+        "cursor addressing in the tail",
+        b"\x1b[3;1H\x1b[2Kmoved\r\n\x1b[2K" + PROMPT,
+        b"who",
+        None,
+        ["true", "who"],
+    ),
+    ("cursor up in the tail", b"\r\nbar\x1b[A\r\n\r\n" + PROMPT, b"who", None, ["true", "who"]),
+    (
+        "an escape sequence open when the key comes",
+        b"\r\n" + PROMPT + b"\x1b[0",
+        b"df",
+        b"1;32m",
+        ["true", "df"],
+    ),
+    ("OSC 133 marks", b"\x1b]133;A\x07" + PROMPT + b"\x1b]133;B\x07", b"ls", None, ["true", "ls"]),
+    (
+        "colour prompt",
+        b"\x1b[01;32mu@h\x1b[00m:\x1b[01;34m~\x1b[00m$ ",
+        b"ls",
+        None,
+        ["true", "ls"],
+    ),
+    ("password prompt", b"\r\n[sudo] password for al: ", b"hunter2", None, ["true"]),
+]
+
+
+def reengage(
+    first_output: bytes, after: bytes, keys: bytes, mid: bytes | None
+) -> tuple[CommandExtractor, list[ExtractorEvent]]:
+    ex = CommandExtractor(80, 24)
+    out: list[ExtractorEvent] = []
+    t = 0.0
+    steps = [("o", first_output + PROMPT), *typed(b"true"), ("i", b"\r"), ("o", b"\r\n" + PROMPT)]
+    for direction, data in steps:
+        t += 0.01
+        out += ex.output(t, data) if direction == "o" else ex.input(t, data)
+    if after:
+        out += ex.output(t, after)
+    assert ex._screen is None  # dropped: the next key re-engages
+    for i, b in enumerate(keys):
+        t += 0.01
+        out += ex.input(t, bytes([b]))
+        if i == 0 and mid:
+            out += ex.output(t, mid)
+        if not after.endswith(b"password for al: "):
+            out += ex.output(t, bytes([b]))
+    out += ex.input(t + 0.01, b"\r")
+    out += ex.output(t + 0.02, b"\r\n" + PROMPT)
+    out += ex.finish()
+    return ex, out
+
+
+@pytest.mark.parametrize("first", [b"", SCROLL], ids=["fresh", "scrollback"])
+@pytest.mark.parametrize(
+    ("after", "keys", "mid", "expected"), [r[1:] for r in REENGAGE], ids=[r[0] for r in REENGAGE]
+)
+def test_reengage(
+    first: bytes, after: bytes, keys: bytes, mid: bytes | None, expected: list[str]
+) -> None:
+    _, events = reengage(first, after, keys, mid)
+    assert commands(events) == expected
+    if expected[-1] == "true":  # the password
+        assert keys[:4] not in recorded(events)
+
+
+def test_reengage_after_resize() -> None:
+    ex = CommandExtractor(80, 24)
+    out: list[ExtractorEvent] = []
+    for direction, data in [
+        ("o", SCROLL + PROMPT),
+        *typed(b"true"),
+        ("i", b"\r"),
+        ("o", b"\r\n" + PROMPT),
+    ]:
+        out += ex.output(0, data) if direction == "o" else ex.input(0, data)
+    ex.resize(20, 10)
+    for direction, data in [
+        *typed(b"echo a-rather-long-line"),
+        ("i", b"\r"),
+        ("o", b"\r\na\r\n" + PROMPT),
+    ]:
+        out += ex.output(1, data) if direction == "o" else ex.input(1, data)
+    assert commands(out) == ["true", "echo a-rather-long-line"]
+
+
+def test_interactive_shell_holds_no_screen_between_lines() -> None:
+    ex = CommandExtractor(80, 24)
+    steps = [("o", SCROLL + PROMPT)]
+    for k in range(5):
+        steps += [*typed(b"echo %d" % k), ("i", b"\r"), ("o", b"\r\n%d\r\n" % k + PROMPT)]
+    out: list[ExtractorEvent] = []
+    for direction, data in steps:
+        out += ex.output(0, data) if direction == "o" else ex.input(0, data)
+        if direction == "o" and data.endswith(PROMPT):
+            assert ex._screen is None
+            if data == SCROLL + PROMPT:
+                continue  # (never engaged yet)
+            parked = ex._parked
+            assert parked is not None and not parked[0].buffer  # blank, kept for the next line
+    assert commands(out) == [f"echo {k}" for k in range(5)]
+    ex.finish()
+    assert ex._screen is None and ex._parked is None
