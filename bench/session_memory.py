@@ -858,7 +858,9 @@ def _point(label: str, n: int, base_rss: int, *, collect: bool) -> dict[str, Any
 
 def _try_settle(value: str) -> None:
     """recorder/commands.py: SETTLE_BYTES (output after a resolved line
-    before the extractor's pyte screen is dropped)."""
+    before the extractor's pyte screen is dropped). Since f4f5ab3 it applies
+    only after a whole-tail replay; after a cheap one the screen goes at the
+    first output past the resolved line (what settle=1 measured)."""
     import recorder.commands
 
     recorder.commands.SETTLE_BYTES = int(value)  # type: ignore[misc]
@@ -874,28 +876,45 @@ def _try_tail(value: str) -> None:
 def _try_engage_lines(value: str) -> None:
     """recorder/commands.py: when the extractor re-engages at a line's first
     key, replay only the tail's last ``value`` lines (``resync_start`` of the
-    whole ``TAIL_BYTES`` tail replays up to 16 KiB through pyte, ~10 ms)."""
+    whole ``TAIL_BYTES`` tail replays up to 16 KiB through pyte, ~10 ms).
+    Landed in f4f5ab3 (recorder.terminal.engage_replay, with the guards this
+    run-time patch lacks); there this sets ``ENGAGE_LINES``."""
     import recorder.commands
+    import recorder.terminal
 
     lines = int(value)
-    whole = recorder.commands.resync_start
+    if hasattr(recorder.terminal, "engage_replay"):
+        recorder.terminal.ENGAGE_LINES = lines  # type: ignore[misc]
+        return
+    whole = recorder.commands.resync_start  # type: ignore[attr-defined]
 
     def last_lines(tail: bytes) -> bytes:
         end = len(tail)
         for _ in range(lines):
             end = tail.rfind(b"\n", 0, end)
             if end < 0:
-                return whole(tail)  # fewer lines: as before
+                return whole(tail)  # type: ignore[no-any-return]  # fewer lines: as before
         clear = max(tail.rfind(b"\x1b[2J"), tail.rfind(b"\x1bc"))
         return tail[max(end + 1, clear) :]
 
-    recorder.commands.resync_start = last_lines  # type: ignore[assignment]
+    recorder.commands.resync_start = last_lines  # type: ignore[attr-defined]
+
+
+def _landed_in_terminal() -> bool:
+    """Whether recorder/terminal.py already shares cells (a332bbe)."""
+    import recorder.terminal
+
+    return hasattr(recorder.terminal, "CELL_CACHE")
 
 
 def _try_intern_chars(_value: str) -> None:
     """recorder/terminal.py: cells share one immutable ``Char`` per
     (attributes, character) instead of a fresh namedtuple each (pyte's
-    ``draw`` does ``cursor.attrs._replace(data=char)`` per cell)."""
+    ``draw`` does ``cursor.attrs._replace(data=char)`` per cell). Landed in
+    a332bbe (with an ASCII fast path in ``draw``); a no-op there, kept to
+    measure older trees."""
+    if _landed_in_terminal():
+        return
     from pyte import modes as mo
     from pyte.screens import Char
 
@@ -936,7 +955,11 @@ def _try_plain_rows(_value: str) -> None:
     each row through ``StaticDefaultDict[int, Char](...)``: a GenericAlias
     call, which also gives every row an ``__orig_class__`` instance dict), made
     by a factory that holds the screen weakly (pyte's ``lambda`` closes over
-    ``self``: every screen is a reference cycle, freed only by the collector)."""
+    ``self``: every screen is a reference cycle, freed only by the collector).
+    Landed in a332bbe (slotted rows); a no-op there, kept to measure older
+    trees."""
+    if _landed_in_terminal():
+        return
     import weakref
     from collections import defaultdict
 

@@ -331,11 +331,13 @@ class OutputTail:
         self._chunks = [joined] if joined else []
         return joined[-self.limit :]
 
-    def replay(self, columns: int, lines: int, keep: int = ENGAGE_LINES) -> tuple[int, bytes]:
+    def replay(self, columns: int, lines: int, keep: int | None = None) -> tuple[int, bytes]:
         """``engage_replay(self.get(), columns, lines, keep)``, looking only
         at the bytes that came since the last call (and the escape sequence
         they may have started inside): a typist's re-engage costs what was
         printed since, not a scan of the whole tail."""
+        if keep is None:
+            keep = ENGAGE_LINES
         tail = self.get()
         start = self.total - len(tail)  # stream offset of tail[0]
         self._scan(tail, start)
@@ -470,7 +472,7 @@ _COMPLETE = re.compile(
 
 
 def engage_replay(
-    tail: bytes, columns: int, lines: int, keep: int = ENGAGE_LINES
+    tail: bytes, columns: int, lines: int, keep: int | None = None
 ) -> tuple[int, bytes]:
     """What to replay into a fresh ``columns`` x ``lines`` emulator to see the
     end of ``tail`` as a replay of all of ``resync_start(tail)`` would show
@@ -480,7 +482,7 @@ def engage_replay(
     is where it would be (``place``). (``OutputTail.replay`` gives the same
     answer, scanning only what is new since its last call.)
 
-    Usually ``data`` is the last ``keep`` lines and ``row`` where the
+    Usually ``data`` is the last ``keep`` (``ENGAGE_LINES``) lines and ``row`` where the
     whole replay would have started them (the bottom row once the tail has a
     screenful of lines). That is exact for the cursor, its row and every row
     of the kept lines when the bytes before them only ever moved the cursor
