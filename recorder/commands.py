@@ -87,6 +87,7 @@ from recorder.terminal import (
     TrackedScreen,
     between_sequences,
     close_stream,
+    feed,
     place,
 )
 
@@ -423,7 +424,7 @@ class CommandExtractor:
             if b"\x1b]133;" in data:
                 self._replay_marked(data)  # the prompt's end, as if engaged all along
             else:
-                stream.feed(data)
+                feed(screen, stream, data)
             if row:
                 place(screen, row)
             self._settle = 0
@@ -474,7 +475,8 @@ class CommandExtractor:
             if nl < 0:
                 break
             self._newline()
-            self._stream.feed(b"\n")
+            assert self._screen is not None
+            feed(self._screen, self._stream, b"\n")
             pos = nl + 1
 
     def _feed_text(self, seg: bytes) -> None:
@@ -540,7 +542,7 @@ class CommandExtractor:
         assert self._stream is not None and self._screen is not None
         head = self._lines[0] if self._lines else None
         if head is None or head.echo == _NOECHO or (head.echo_complete and head.needed):
-            self._stream.feed(seg)
+            feed(self._screen, self._stream, seg)
             self._check_password_prompt(head)
             return
         # Match the head line's typed bytes against this output, in order. The
@@ -553,12 +555,12 @@ class CommandExtractor:
                 break
             if b == needed[k]:
                 if k == 0 and head.match_start is None:
-                    self._stream.feed(seg[fed:i])
+                    feed(self._screen, self._stream, seg[fed:i])
                     fed = i
                     s = self._screen
                     head.match_start = (s.cursor.y + s.scrolled, s.cursor.x)
                 k += 1
-        self._stream.feed(seg[fed:])
+        feed(self._screen, self._stream, seg[fed:])
         if k > head.matched:
             head.matched = k
             if head.echo == _UNKNOWN and (head.entered is None or head.echo_complete):

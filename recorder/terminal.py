@@ -562,3 +562,30 @@ def between_sequences(stream: pyte.ByteStream) -> bool:
         and stream.use_utf8
         and stream.utf8_decoder.getstate() == (b"", 0)
     )
+
+
+_PLAIN = re.compile(rb"[\x20-\x7e\r\n]*")
+_CR_OR_LF = re.compile(rb"[\r\n]")
+
+
+def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
+    """``stream.feed(data)``. Printable ASCII with CR and LF (a typist's echo,
+    a plain prompt, a replayed line) goes straight to the screen when pyte's
+    parser is between sequences: the calls its parser would make (``draw``
+    per run of text, ``carriage_return``, ``linefeed``), without decoding
+    and a generator step per control byte."""
+    if _PLAIN.fullmatch(data) is None or not between_sequences(stream):
+        stream.feed(data)
+        return
+    pos = 0
+    for m in _CR_OR_LF.finditer(data):
+        at = m.start()
+        if at > pos:
+            screen.draw(data[pos:at].decode("ascii"))
+        if data[at] == 0x0D:
+            screen.carriage_return()
+        else:
+            screen.linefeed()
+        pos = at + 1
+    if pos < len(data):
+        screen.draw(data[pos:].decode("ascii"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyte
 import pytest
 
-from recorder.terminal import CELL_CACHE, TrackedScreen, _cells
+from recorder.terminal import CELL_CACHE, TrackedScreen, _cells, feed
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CASES = sorted(CORPUS.glob("*.json"))
@@ -86,3 +86,23 @@ def test_screen_draws_corpus_as_pyte(path: Path) -> None:
     pyte.ByteStream(s).feed(out)
     assert s.display == ref.display
     assert (s.cursor.x, s.cursor.y) == (ref.cursor.x, ref.cursor.y)
+
+
+@pytest.mark.parametrize("path", CASES[1::3], ids=[p.stem for p in CASES[1::3]])
+@pytest.mark.parametrize("piece", [1, 2, 7])
+def test_feed_shortcut_draws_as_the_stream(path: Path, piece: int) -> None:
+    """``feed`` takes plain ASCII and CR/LF straight to the screen only
+    between sequences: output cut anywhere (inside an escape sequence or a
+    UTF-8 character) draws as ``stream.feed`` does."""
+    case = json.loads(path.read_text())
+    out = b"".join(t.encode("latin-1") for _, d, t in case["events"] if d == "o")
+    out += "\x1b[1mé\x1b]0;t\x07 done\r\n".encode()
+    ref = TrackedScreen(case["cols"], case["rows"])
+    ref_stream = pyte.ByteStream(ref)
+    s = TrackedScreen(case["cols"], case["rows"])
+    stream = pyte.ByteStream(s)
+    for i in range(0, len(out), piece):
+        ref_stream.feed(out[i : i + piece])
+        feed(s, stream, out[i : i + piece])
+    assert s.display == ref.display
+    assert (s.cursor.x, s.cursor.y, s.wrapped) == (ref.cursor.x, ref.cursor.y, ref.wrapped)
