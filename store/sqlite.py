@@ -558,7 +558,12 @@ class SqliteStore(EventStore):
                 await self._wakeup.wait()
                 continue
             n = min(self._batch_size, len(self._pending))
-            batch = [self._pending.popleft() for _ in range(n)]
+            if n == len(self._pending):
+                batch = list(self._pending)
+                self._pending.clear()
+            else:
+                take = self._pending.popleft
+                batch = [take() for _ in range(n)]
             try:
                 rows = await self._build(batch)
             except Exception:  # a bug in this module; the writer must outlive it
@@ -607,14 +612,16 @@ class SqliteStore(EventStore):
         """The rows of a batch, built ``_BUILD_SLICE`` records between yields;
         a record that cannot be written is logged and left out."""
         rows = _Rows()
-        for i, record in enumerate(batch):
-            if i and i % _BUILD_SLICE == 0:
+        add, keep = rows.add, rows.records.append
+        for start in range(0, len(batch), _BUILD_SLICE):
+            if start:
                 await asyncio.sleep(0)
-            try:
-                rows.add(record)
-                rows.records.append(record)
-            except Exception as e:
-                log.error("store skipped a bad record", error=str(e), record=_describe(record))
+            for record in batch[start : start + _BUILD_SLICE]:
+                try:
+                    add(record)
+                    keep(record)
+                except Exception as e:
+                    log.error("store skipped a bad record", error=str(e), record=_describe(record))
         return rows
 
     async def _write(self, rows: _Rows, error: Exception | None = None) -> None:
