@@ -72,6 +72,7 @@ from asyncssh import logging as _logging
 from asyncssh import packet as _packet
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.crypto import cipher as _cipher
+from asyncssh.misc import DisconnectError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -118,8 +119,23 @@ def _install_fair_reads() -> None:
             and self._decompressor is None
             and _logging.SSHLogger._debug_level < 2
         ):
-            # (the direct path's AES-GCM loop cuts the buffer once per read)
-            original(self, data, datatype)
+            # The direct path's AES-GCM loop cuts the buffer once per read, so
+            # the read goes in whole; and asyncssh's data_received and
+            # _recv_data are inlined here (three calls per keystroke's packet):
+            inpbuf = self._inpbuf
+            self._inpbuf = inpbuf + data if inpbuf else data
+            if self._keepalive_timer is not None and self._keepalive_interval:
+                self._sg_last_rx = self._loop.time()  # the lazy keepalive's stamp
+            else:
+                self._reset_keepalive_timer()
+            try:
+                while self._inpbuf and self._recv_handler():
+                    pass
+            except DisconnectError as exc:
+                self._send_disconnect(exc.code, exc.reason, exc.lang)
+                self._force_close(exc)
+            except Exception:
+                self.internal_error()
             if self._transport is None:
                 return
         else:
@@ -441,6 +457,47 @@ def _install_data_fast_path() -> None:
             n = len(data)
         pktsize = self._send_pktsize
         wire: list[bytes] = []
+        if n <= pktsize and type(enc) is gcm_enc:
+            # _seal_data inlined for the keystroke-sized case (five calls)
+            global _pad_pool, _pad_at
+            blocksize = conn._send_blocksize
+            padlen = -(conn._send_enchdrlen + 9 + n) % blocksize
+            if padlen < 4:
+                padlen += blocksize
+            at = _pad_at
+            if at + padlen > len(_pad_pool):
+                _pad_pool = os.urandom(_PAD_POOL_BYTES)
+                at = 0
+            _pad_at = at + padlen
+            packet = b"".join(
+                (
+                    padlen.to_bytes(1, "big"),
+                    _DATA_HEADER.pack(MSG_CHANNEL_DATA, self._send_chan, n),
+                    data,
+                    _pad_pool[at : at + padlen],
+                )
+            )
+            pktlen = len(packet)
+            header = pktlen.to_bytes(4, "big")
+            cipher = enc._cipher
+            iv = cipher._iv
+            aead = cipher.__dict__.get("_sg_aead") or _aead(cipher)
+            sealed = header + aead.encrypt(iv, packet, header)
+            cipher._iv = iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & _IV_MASK).to_bytes(
+                8, "big"
+            )
+            conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+            conn._rekey_bytes_sent += pktlen
+            try:
+                transport.write(sealed)
+            except ConnectionError:
+                pass  # as asyncssh's _send: the connection's own close handles it
+            self._send_window -= n
+            if rest is not None:
+                original_write(self, rest, None)
+            elif self._send_paused:
+                self._pause_resume_writing()
+            return
         if n <= pktsize:
             _seal_data(conn, enc, self._send_chan, data, wire)
         else:  # several packets, one send() call
