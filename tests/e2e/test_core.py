@@ -60,6 +60,24 @@ async def test_binary_round_trip_10mb(gateway: GatewayProcess, tmp_path: Path) -
     assert len(cast) < 10_000
 
 
+async def test_binary_round_trip_across_client_rekeys(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """OpenSSH re-keys with the gateway every 256 KiB each way while 4 MB go up
+    and come back: the relay's direct data path (gateway/sshtune.py) must hand
+    every key exchange to asyncssh and pick the new keys up after it."""
+    blob = os.urandom(4 * 1024 * 1024)
+    digest = hashlib.sha256(blob).hexdigest()
+    remote = tmp_path / "rekeyed.bin"
+    client = gateway.to("web1").with_options("RekeyLimit=256K")
+    up = await client.ssh(f"cat > {remote}; sha256sum {remote}", input=blob, timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.split()[0].decode() == digest
+    down = await client.ssh(f"cat {remote}", timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert hashlib.sha256(down.stdout).hexdigest() == digest
+
+
 async def test_tar_pipe_through_exec(gateway: GatewayProcess, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
