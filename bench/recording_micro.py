@@ -65,6 +65,11 @@ RATE = 40e6
 """Simulated relay rate (bytes/s): sets the event times, hence coalescing and
 how many chunks fall between two flushes."""
 
+BASH_PROMPT = b"\x1b[?2004hroot@target:~# "
+"""Benchmark #5's target: bash 5 with PS1 '\\u@target:\\w\\$ ' and bracketed paste."""
+BASH_ENTER = b"\x1b[?2004l\r\r\n"
+"""What bash 5 echoes for Enter (bracketed paste off while the command runs)."""
+
 PROMPT = b"\x1b]0;alice@web1: ~\x07\x1b[01;32malice@web1\x1b[00m:\x1b[01;34m~\x1b[00m$ "
 
 
@@ -195,6 +200,63 @@ async def _run_mode(
     return c1.ru_utime - c0.ru_utime, c1.ru_stime - c0.ru_stime, cast
 
 
+async def _run_typing(
+    lines: int, sessions: int, directory: Path, colour: bool = False
+) -> tuple[int, int]:
+    """Benchmark #5's typists: ``sessions`` shells through ``SessionRecording``
+    (shipped defaults: redacted input, commands, screen model), each typing
+    ``lines`` command lines ``echo hi-N-K`` one key every 0.15 s, each key
+    echoed, Enter answered with the line and the prompt; a flush per session
+    per simulated second. The prompt is bash 5's as benchmark #5 sees it
+    (``BASH_PROMPT``), or with ``colour`` a coloured one with a title
+    (``PROMPT``). Returns (keys typed, command lines)."""
+    prompt, enter = (PROMPT, b"\r\n") if colour else (BASH_PROMPT, BASH_ENTER)
+    cfg = RecordingSection()
+    gateway = SimpleNamespace(config=SimpleNamespace(recording=cfg), data_dir=directory)
+    (directory / "recordings").mkdir(exist_ok=True)
+    recordings = Recordings(gateway)  # type: ignore[arg-type]
+    stores = [_Store() for _ in range(sessions)]
+    recs: list[SessionRecording] = []
+    for store in stores:
+        live = _live(store, "shell")
+        live.id = f"00000000-0000-0000-0000-{len(recs):012d}"
+        rec = recordings.start(live)
+        assert rec is not None
+        live.recording = rec
+        rec.output(0.0, b"Welcome to web1\r\n" + prompt)
+        recs.append(rec)
+    t = 0.0
+    next_flush = 1.0
+    keys = 0
+    for k in range(lines):
+        words = [f"echo hi-{n}-{k}".encode() for n in range(sessions)]
+        for i in range(max(map(len, words)) + 1):
+            t += 0.15
+            for n, rec in enumerate(recs):
+                word = words[n]
+                if i < len(word):
+                    key = word[i : i + 1]
+                    rec.input(t, key)
+                    rec.output(t + 0.0004, key)
+                elif i == len(word):
+                    rec.input(t, b"\r")
+                    rec.output(t + 0.0004, enter + word[5:] + b"\r\n" + prompt)
+                else:
+                    continue
+                keys += 1
+            if t >= next_flush:
+                next_flush += 1.0
+                for rec in recs:
+                    rec.flush()
+    for rec in recs:
+        rec.close(t, CloseReason.CLIENT_EXIT)
+    await recordings.close()
+    for n, store in enumerate(stores):
+        texts = [e.command for e in store.events]
+        assert texts == [f"echo hi-{n}-{k}" for k in range(lines)], texts[:3]
+    return keys, lines * sessions
+
+
 def check_cast(path: Path, kind: str, reads: list[bytes]) -> None:
     """The cast is valid asciicast and its output is the bytes, faithfully."""
     from tests.cast_validator import validate_cast
@@ -234,7 +296,31 @@ def main() -> None:
         help="mixed: log lines with UTF-8 and colours (default); ascii: bench/run.py's "
         "text file (lowercase words, CRLF); binary: random bytes",
     )
+    ap.add_argument(
+        "--typing",
+        type=int,
+        metavar="LINES",
+        help="instead: benchmark #5's typists, LINES command lines per session "
+        "(count instructions with perf stat at two LINES and subtract)",
+    )
+    ap.add_argument("--sessions", type=int, default=10, help="--typing: sessions (default 10)")
+    ap.add_argument(
+        "--colour", action="store_true", help="--typing: a coloured prompt with a title"
+    )
     args = ap.parse_args()
+    if args.typing is not None:
+        with tempfile.TemporaryDirectory(prefix="recmicro-", dir=args.dir) as tmp:
+            if args.profile:
+                prof = cProfile.Profile()
+                prof.enable()
+            keys, cmds = asyncio.run(
+                _run_typing(args.typing, args.sessions, Path(tmp), args.colour)
+            )
+            if args.profile:
+                prof.disable()
+                pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        print(f"typing: {keys} keys, {cmds} command lines, {args.sessions} sessions")
+        return
     total = int(args.mb * 1e6)
     if args.data == "binary":
         data = random.Random(1).randbytes(total)

@@ -478,6 +478,14 @@ class CommandExtractor:
             assert self._screen is not None
             feed(self._screen, self._stream, b"\n")
             pos = nl + 1
+            if not self._lines and self._settle_limit == 0 and pos < n:
+                # The line resolved and a cheap re-engage follows the next
+                # key: the rest of this read (the command's output, the next
+                # prompt) is the tail's business, not pyte's. (``output``
+                # would let the screen go at the next read anyway.)
+                self._disengage()
+                self._alt.feed(data[pos:])
+                return
 
     def _feed_text(self, seg: bytes) -> None:
         if b"\x1b]133;" in seg:

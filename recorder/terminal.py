@@ -566,6 +566,37 @@ def between_sequences(stream: pyte.ByteStream) -> bool:
 
 _PLAIN = re.compile(rb"[\x20-\x7e\r\n]*")
 _CR_OR_LF = re.compile(rb"[\r\n]")
+# What ``feed`` hands the screen itself: text, CR, LF, BS, the modes and
+# colours of a prompt (``CSI [?] Pn;... h/l/m``) and an ASCII title (OSC 0-2
+# ended by BEL). Anything else goes through pyte's parser.
+_SIMPLE = re.compile(
+    rb"(?:[\x20-\x7e\r\n\x08]|\x1b\[\??[0-9;]*[hlm]|\x1b\][012];[\x20-\x7e]*\x07)*"
+)
+_TOKEN = re.compile(
+    rb"[\x20-\x7e]+|[\r\n\x08]|\x1b\[(\??)([0-9;]*)([hlm])|\x1b\]([012]);([\x20-\x7e]*)\x07"
+)
+
+SGR_CACHE = 1024
+"""(attributes, SGR parameters) -> attributes, shared by all screens."""
+
+_sgr_cache: dict[tuple[object, ...], Char] = {}
+
+
+def _sgr(screen: TrackedScreen, params: tuple[int, ...]) -> None:
+    """``screen.select_graphic_rendition(*params)``, remembered: pyte's is a
+    pure function of the cursor's attributes, the parameters and the blank
+    cell, and builds a ``Char`` each time (a prompt's colours, per line)."""
+    cursor = screen.cursor
+    attrs = cursor.attrs
+    key = (type(attrs), attrs, params, screen.default_char)
+    got = _sgr_cache.get(key)
+    if got is None:
+        screen.select_graphic_rendition(*params)
+        if len(_sgr_cache) >= SGR_CACHE:
+            _sgr_cache.clear()
+        _sgr_cache[key] = cursor.attrs
+    else:
+        cursor.attrs = got
 
 
 def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
@@ -573,8 +604,16 @@ def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
     a plain prompt, a replayed line) goes straight to the screen when pyte's
     parser is between sequences: the calls its parser would make (``draw``
     per run of text, ``carriage_return``, ``linefeed``), without decoding
-    and a generator step per control byte."""
-    if _PLAIN.fullmatch(data) is None or not between_sequences(stream):
+    and a generator step per control byte. So do backspace, the mode and
+    colour sequences and the title of a prompt (``_SIMPLE``), with the same
+    arguments pyte's parser would pass."""
+    if _PLAIN.fullmatch(data) is None:
+        if _SIMPLE.fullmatch(data) is None or not between_sequences(stream):
+            stream.feed(data)
+        else:
+            _feed_simple(screen, data)
+        return
+    if not between_sequences(stream):
         stream.feed(data)
         return
     pos = 0
@@ -589,3 +628,45 @@ def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
         pos = at + 1
     if pos < len(data):
         screen.draw(data[pos:].decode("ascii"))
+
+
+def _feed_simple(screen: TrackedScreen, data: bytes) -> None:
+    """``feed`` of bytes that ``_SIMPLE`` matches whole."""
+    for m in _TOKEN.finditer(data):
+        tok = m.group()
+        b = tok[0]
+        if b != 0x1B:
+            if b == 0x0D and len(tok) == 1:
+                screen.carriage_return()
+            elif b == 0x0A and len(tok) == 1:
+                screen.linefeed()
+            elif b == 0x08 and len(tok) == 1:
+                screen.backspace()
+            else:
+                screen.draw(tok.decode("ascii"))
+            continue
+        final = m.group(3)
+        if final is None:  # OSC: pyte drops the ";"
+            code = m.group(4)
+            param = m.group(5).decode("ascii")
+            if code in b"01":
+                screen.set_icon_name(param)
+            if code in b"02":
+                screen.set_title(param)
+            continue
+        params = tuple(min(int(p or 0), 9999) for p in m.group(2).split(b";"))
+        private = bool(m.group(1))
+        if final == b"m":
+            if private:
+                screen.select_graphic_rendition(*params, private=True)
+            else:
+                _sgr(screen, params)
+        elif final == b"h":
+            if private:
+                screen.set_mode(*params, private=True)
+            else:
+                screen.set_mode(*params)
+        elif private:
+            screen.reset_mode(*params, private=True)
+        else:
+            screen.reset_mode(*params)

@@ -106,3 +106,36 @@ def test_feed_shortcut_draws_as_the_stream(path: Path, piece: int) -> None:
         feed(s, stream, out[i : i + piece])
     assert s.display == ref.display
     assert (s.cursor.x, s.cursor.y, s.wrapped) == (ref.cursor.x, ref.cursor.y, ref.wrapped)
+
+
+SIMPLE = [
+    b"\x1b[?2004hroot@target:~# echo hi\x1b[?2004l\r\r\nhi\r\n",
+    b"\x1b]0;alice@web1: ~\x07\x1b[01;32malice@web1\x1b[00m:\x1b[01;34m~\x1b[00m$ ",
+    b"ab\x08 \x08\x08x\x1b[m\x1b[;1;4;7mX\x1b[0m\x1b[38;5;208mY\x1b[38;2;1;2;3mZ\x1b[48;5mW",
+    b"\x1b]1;icon\x07\x1b]2;title\x07\x1b[4hins\x1b[4l\x1b[?25l\x1b[?25h\x1b[?7l" + b"w" * 90,
+    b"\x1b[?5hrev\x1b[1mB\x1b[?5l\x1b[1mB\x1b[20h\n\x1b[20l\x1b[99999m\x1b[?1mq\x1b[>4;1m",
+]
+
+
+@pytest.mark.parametrize("path", CASES[::4], ids=[p.stem for p in CASES[::4]])
+def test_feed_simple_sequences_as_the_stream(path: Path) -> None:
+    """Modes, colours, titles and backspace handed straight to the screen
+    (``_SIMPLE``) leave it as pyte's parser does, fed a line at a time."""
+    case = json.loads(path.read_text())
+    out = b"".join(t.encode("latin-1") for _, d, t in case["events"] if d == "o")
+    out += b"".join(SIMPLE)
+    ref = TrackedScreen(case["cols"], case["rows"])
+    ref_stream = pyte.ByteStream(ref)
+    s = TrackedScreen(case["cols"], case["rows"])
+    stream = pyte.ByteStream(s)
+    for piece in out.splitlines(keepends=True) + SIMPLE + SIMPLE:
+        ref_stream.feed(piece)
+        feed(s, stream, piece)
+        assert s.cursor.attrs == ref.cursor.attrs
+        assert type(s.cursor.attrs) is type(ref.cursor.attrs)
+    assert s.display == ref.display
+    assert [dict(s.buffer[y]) for y in range(s.lines)] == [
+        dict(ref.buffer[y]) for y in range(ref.lines)
+    ]
+    assert (s.cursor.x, s.cursor.y, s.wrapped) == (ref.cursor.x, ref.cursor.y, ref.wrapped)
+    assert (s.mode, s.title, s.icon_name) == (ref.mode, ref.title, ref.icon_name)
