@@ -29,6 +29,7 @@ from __future__ import annotations
 import codecs
 import json
 import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -182,9 +183,15 @@ class CastWriter:
                     parts.append(body)
                     parts.append(b'"]\n')
             elif kind == _IN:
-                text = self._in_decoder.decode(payload)
-                if text:
-                    parts.append(self._line(t, "i", text))
+                # A key is ASCII: as its own JSON string body, escaped as
+                # output is (what json.dumps writes, without building a str).
+                if not payload.isascii() or self._in_decoder.buffer:
+                    payload = self._in_decoder.decode(payload).encode("utf-8")
+                if payload:
+                    parts.append(
+                        b'[%s, "i", "%s"]\n'
+                        % (repr(self._clock(t)).encode(), _escape_json(payload))
+                    )
             elif kind == _RESIZE:
                 parts.append(self._line(t, "r", payload))
             else:
@@ -266,6 +273,18 @@ _ESCAPES = (
 """Every byte that JSON requires escaped inside a string, with its escape."""
 
 _ESCAPE_OF = dict(_ESCAPES)
+
+SHORT_ESCAPE = 64
+"""Up to this many bytes (a key, a key's echo), ``_escape_json`` finds and
+replaces with one regular expression: two ctypes calls cost more."""
+
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
+
+
+def _escape_match(m: re.Match[bytes]) -> bytes:
+    return _ESCAPE_OF[m.group()]
+
+
 # What strcspn looks for: every control byte but NUL (strcspn stops at a NUL
 # anyway), in two sets of at most 16, the most glibc's SSE4.2 strcspn compares
 # at once; the common ones in the first. Not backslash and quote: their
@@ -309,6 +328,10 @@ def _escape_json(raw: bytes) -> bytes:
     the absent ones two SIMD passes in all (32 memchr scans were a fifth of
     the cost). A NUL in the data stops strcspn too: it is then the byte
     found, and is replaced likewise. Without ctypes, one ``in`` per byte."""
+    if len(raw) <= SHORT_ESCAPE:
+        if _NEEDS_ESCAPE.search(raw) is None:
+            return raw
+        return _NEEDS_ESCAPE.sub(_escape_match, raw)
     if b"\\" in raw:
         raw = raw.replace(b"\\", b"\\\\")  # first: the other escapes add backslashes
     if b'"' in raw:
