@@ -241,6 +241,19 @@ class CommandExtractor:
         """Client input at ``t``."""
         if not data:
             return ()
+        line = self._current
+        if line is not None and len(data) == 1 and not self._in_carry and not self._in_paste:
+            b = data[0]
+            if 0x20 <= b < 0x7F:
+                # One printable key inside a line (a typist): the loop below
+                # in short, and released at once when the line echoes.
+                self._last_input_t = t
+                self._last_was_cr = False
+                line.needed.append(b)
+                if line.echo == _ECHO and not self._pieces and not self._out:
+                    return (RecordableInput(t, data),)
+                self._pieces.append(_Piece(t, data, line))
+                return self._drain()
         data = self._in_carry + data
         self._last_input_t = t
         self._in_carry = b""

@@ -607,6 +607,9 @@ def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
     and a generator step per control byte. So do backspace, the mode and
     colour sequences and the title of a prompt (``_SIMPLE``), with the same
     arguments pyte's parser would pass."""
+    if len(data) == 1 and 0x20 <= data[0] < 0x7F and between_sequences(stream):
+        screen.draw(chr(data[0]))  # a key's echo
+        return
     if _PLAIN.fullmatch(data) is None:
         if _SIMPLE.fullmatch(data) is None or not between_sequences(stream):
             stream.feed(data)
