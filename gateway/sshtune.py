@@ -488,24 +488,17 @@ def _install_data_fast_path() -> None:
             )
             conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
             conn._rekey_bytes_sent += pktlen
-            try:
-                transport.write(sealed)
-            except ConnectionError:
-                pass  # as asyncssh's _send: the connection's own close handles it
-            self._send_window -= n
-            if rest is not None:
-                original_write(self, rest, None)
-            elif self._send_paused:
-                self._pause_resume_writing()
-            return
-        if n <= pktsize:
+            wire.append(sealed)
+        elif n <= pktsize:
             _seal_data(conn, enc, self._send_chan, data, wire)
         else:  # several packets, one send() call
             view = memoryview(data)
             for at in range(0, n, pktsize):
                 _seal_data(conn, enc, self._send_chan, view[at : at + pktsize], wire)
         try:
-            if len(wire) == 2:
+            if len(wire) == 1:
+                transport.write(wire[0])
+            elif len(wire) == 2:
                 transport.write(wire[0] + wire[1])  # small: a copy beats a writev
             else:
                 writelines = getattr(transport, "writelines", None)
