@@ -458,23 +458,17 @@ def _install_data_fast_path() -> None:
         pktsize = self._send_pktsize
         wire: list[bytes] = []
         if n <= pktsize and type(enc) is gcm_enc:
-            # _seal_data inlined for the keystroke-sized case (five calls)
-            global _pad_pool, _pad_at
+            # _seal_data inlined for the keystroke-sized case (four calls)
             blocksize = conn._send_blocksize
             padlen = -(conn._send_enchdrlen + 9 + n) % blocksize
             if padlen < 4:
                 padlen += blocksize
-            at = _pad_at
-            if at + padlen > len(_pad_pool):
-                _pad_pool = os.urandom(_PAD_POOL_BYTES)
-                at = 0
-            _pad_at = at + padlen
             packet = b"".join(
                 (
                     padlen.to_bytes(1, "big"),
                     _DATA_HEADER.pack(MSG_CHANNEL_DATA, self._send_chan, n),
                     data,
-                    _pad_pool[at : at + padlen],
+                    _padding(padlen),
                 )
             )
             pktlen = len(packet)
