@@ -977,39 +977,6 @@ def _try_plain_rows(_value: str) -> None:
     TrackedScreen.__init__ = plain_init  # type: ignore[method-assign]
 
 
-def _try_store_batch(_value: str) -> None:
-    """store/sqlite.py: the writer's last batch is not kept alive while it
-    waits for the next record (``batch`` lived on in ``_run_writer``'s frame:
-    up to ``batch_size`` = 1000 events after a burst of closes, scattered
-    over the heap)."""
-    from store.sqlite import SqliteStore
-
-    async def _run_writer(self: Any) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            n = min(self._batch_size, len(self._pending))
-            await self._write_taken(n)
-            self._committed += n
-            async with self._progress:
-                self._progress.notify_all()
-
-    async def _write_taken(self: Any, n: int) -> None:
-        batch = [self._pending.popleft() for _ in range(n)]
-        try:
-            await self._write_batch(batch)
-        except Exception:
-            log = __import__("structlog").get_logger("shellgate.store")
-            log.exception("store writer failed on a batch", records=n)
-
-    SqliteStore._run_writer = _run_writer  # type: ignore[method-assign]
-    SqliteStore._write_taken = _write_taken  # type: ignore[attr-defined]
-
-
 def _try_break_cycle(_value: str) -> None:
     """gateway/live.py: ``close()`` lets go of the recording. LiveConnection
     .recording <-> SessionRecording.live is a reference cycle, so a closed
@@ -1029,7 +996,6 @@ def _try_break_cycle(_value: str) -> None:
 
 EXPERIMENTS: dict[str, Callable[[str], None]] = {
     "break-cycle": _try_break_cycle,
-    "store-batch": _try_store_batch,
     "settle": _try_settle,
     "engage-lines": _try_engage_lines,
     "tail": _try_tail,
@@ -1041,6 +1007,8 @@ EXPERIMENTS: dict[str, Callable[[str], None]] = {
 def apply_experiments(names: list[str]) -> None:
     for item in names:
         name, _, value = item.partition("=")
+        if name not in EXPERIMENTS:
+            raise SystemExit(f"--try {name}: no such experiment (one of {', '.join(EXPERIMENTS)})")
         EXPERIMENTS[name](value)
 
 
