@@ -12,8 +12,8 @@ the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
     python -m bench.run                 # all but #5 concurrency, ~5 min on 2 cores
     python -m bench.run --quick         # 3 pairs, smaller sizes, ~2 minutes
     python -m bench.run --only echo     # pty | bulk | echo | setup | store | concurrency
-    python -m bench.run --only concurrency                  # #5, opt-in: ~3 min
-    python -m bench.run --only concurrency --sessions 200   # #5, ~40 s
+    python -m bench.run --only concurrency                  # #5, opt-in: ~5 min
+    python -m bench.run --only concurrency --sessions 200   # #5, ~80 s
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
 
 Every process started here is tracked by pid (tests/harness/procs) and killed
@@ -62,7 +62,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 AES = "aes128-gcm@openssh.com"
 NAMES = ("pty", "bulk", "echo", "setup", "store", "concurrency")
 
-# Recording variants (#5). "default" is the shipped config; it serves #1-#4.
+# Recording variants (#6). "default" is the shipped config; it serves #1-#4.
 VARIANTS: dict[str, str] = {
     "default": "",  # enabled, input = "redacted", commands on
     "output_only": 'input = "off"',
@@ -321,7 +321,7 @@ def stop_rig(rig: Rig | None) -> None:
     rig.sshd.cleanup()
 
 
-# -- #1 pty output throughput and #5 recording overhead ----------------------------
+# -- #1 pty output throughput and #6 recording overhead ----------------------------
 
 
 def bench_pty(rig: Rig) -> None:
@@ -332,7 +332,7 @@ def bench_pty(rig: Rig) -> None:
     out: dict[str, Any] = {}
     for cipher in ("default", AES):
         opts = () if cipher == "default" else (f"Ciphers={cipher}",)
-        # Recording variants (#5) with the client's default cipher only (time).
+        # Recording variants (#6) with the client's default cipher only (time).
         variants = list(rig.gateways) if cipher == "default" else ["default"]
         arms: dict[str, list[float]] = {"direct": []} | {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
@@ -353,7 +353,7 @@ def bench_pty(rig: Rig) -> None:
         out[cipher] = res
         for v in variants:
             rig.row(
-                n="1" if v == "default" else "5",
+                n="1" if v == "default" else "6",
                 bench=f"pty cat {s.pty_mb} MB" + ("" if v == "default" else f" [{v}]"),
                 cipher="client default" if cipher == "default" else cipher,
                 direct=f"{res['direct_MBps']:.0f} MB/s",
@@ -436,7 +436,7 @@ def bench_bulk(rig: Rig) -> None:
     rig.results["bulk_throughput"] = out
 
 
-# -- #3 keystroke echo latency (and #5 for it) ----------------------------------------
+# -- #3 keystroke echo latency (and #6 for it) ----------------------------------------
 
 
 class _Echo(asyncssh.SSHClientSession[bytes]):
@@ -552,7 +552,7 @@ def bench_echo(rig: Rig) -> None:
     for v in rig.gateways:
         r = res[v]
         rig.row(
-            n="3" if v == "default" else "5",
+            n="3" if v == "default" else "6",
             bench=f"echo latency, {res['samples']} keys" + ("" if v == "default" else f" [{v}]"),
             cipher="asyncssh default",
             direct=f"p50 {res['direct_p50_us']:.0f} / p99 {res['direct_p99_us']:.0f} us",
@@ -625,7 +625,7 @@ def bench_setup(rig: Rig) -> None:
         )
 
 
-# -- #5 concurrency (issue table row 5) ----------------------------------------------
+# -- #5 concurrency --------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int:
@@ -710,6 +710,11 @@ def bench_concurrency(rig: Rig) -> None:
     res: dict[str, Any] = {"sessions": n, "hold_s": s.conc_hold}
     try:
         sshd.start()
+        # The like-for-like baseline first: the same sessions, the same load,
+        # straight to the same sshd with no gateway in between. On a 2-core
+        # box that also runs the targets and the load generator, this is what
+        # the machine alone gives; the gateway's share is the difference.
+        res["direct_full"] = _direct_arm(sshd, s)
         gw = GatewayProcess.create(d / "gw", {"t0": sshd}, users=(("alice", ("admin",)),))
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
@@ -868,6 +873,78 @@ def bench_concurrency(rig: Rig) -> None:
     _conc_report(rig, res)
 
 
+def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
+    """#5's direct arm: bench/loadgen.py with every session straight to sshd."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--port",
+        str(sshd.port),
+        "--login",
+        "root",
+        "--key",
+        str(sshd.client_key.private),
+        "--probes",
+        "0",
+        "--sessions",
+        str(s.conc_sessions),
+        "--hold",
+        str(s.conc_hold),
+        "--type-every",
+        str(s.conc_type_every),
+        "--deadline",
+        "250",
+    ]
+    lg = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**clean_env(), "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
+    tracked = procs.register(lg.pid, "bench load generator (direct arm)", lg)  # type: ignore[arg-type]
+    result: dict[str, Any] = {}
+    try:
+        out, _ = lg.communicate(timeout=300)
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if ev.get("event") == "result":
+                    result = ev
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        procs.kill(tracked)
+    if not result:
+        print("[bench] concurrency: the direct arm gave no result", file=sys.stderr, flush=True)
+        return {}
+    # Let sshd reap the direct arm's shells before the gateway's run.
+    t0 = time.monotonic()
+    while sshd.session_pids() and time.monotonic() - t0 < 30:
+        time.sleep(0.5)
+    print(
+        f"[bench] concurrency direct arm: {result['opened']}/{result['sessions']} open, "
+        f"echo {result['echo_load']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {
+        k: result.get(k)
+        for k in (
+            "sessions",
+            "opened",
+            "ramp_s",
+            "echo_load",
+            "keystroke_timeouts",
+            "loadgen_loop_lag_under_load_ms",
+            "commands_completed",
+        )
+    }
+
+
 def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
     lg = res["loadgen"]
     cc = res["cast_check"]
@@ -899,12 +976,22 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         + "\n"
     )
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    dfull = res.get("direct_full") or {}
+    decho = dfull.get("echo_load") or {}
+    if decho.get("p99_ms") is not None and p99 is not None:
+        res["echo_p99_added_ms"] = p99 - decho["p99_ms"]
     rig.row(
         n="5",
         bench=f"concurrency: {lg['sessions']} pty sessions ({lg['streamers']} streaming), "
         f"{lg['client_connections']} client conns",
         cipher="aes128-gcm",
-        direct=f"echo p50 {fmt(probe['p50_ms'])} / p99 {fmt(probe['p99_ms'])} ms",
+        direct=(
+            f"all {dfull.get('opened')} direct: echo p50 {fmt(decho.get('p50_ms'))} / "
+            f"p99 {fmt(decho.get('p99_ms'))} ms; "
+            if decho
+            else ""
+        )
+        + f"probe during gateway run p50 {fmt(probe['p50_ms'])} / p99 {fmt(probe['p99_ms'])} ms",
         gateway=f"{lg['opened']}/{lg['sessions']} ok; echo p50 {fmt(echo['p50_ms'])} / "
         f"p99 {fmt(p99)} ms; {fmt(per)} KiB/session; casts {cc['complete']}/"
         f"{res['casts_expected']} complete",
@@ -917,13 +1004,13 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
     )
     print(
         f"[bench] concurrency: {json.dumps(res['goals'])}; echo under load {echo}; "
-        f"direct probe {probe}",
+        f"direct probe {probe}; all sessions direct {decho}",
         file=sys.stderr,
         flush=True,
     )
 
 
-# -- #6 store --------------------------------------------------------------------------
+# -- #7 store --------------------------------------------------------------------------
 
 
 def _bench_store_module() -> Any:
@@ -1017,7 +1104,7 @@ def bench_store(rig: Rig) -> None:
     res = _run_async(_store_async(d, rig.sizes))
     rig.results["store"] = res
     rig.row(
-        n="6",
+        n="7",
         bench=f"store writer, {res['writer_connection_events_n']:,} connection events",
         cipher="",
         direct="",
@@ -1028,7 +1115,7 @@ def bench_store(rig: Rig) -> None:
         ok=res["writer_connection_events_per_s"] >= 50_000,
     )
     rig.row(
-        n="6",
+        n="7",
         bench=f"store writer, {res['writer_commands_n']:,} commands",
         cipher="",
         direct="",
@@ -1039,7 +1126,7 @@ def bench_store(rig: Rig) -> None:
         ok=res["writer_commands_per_s"] >= 50_000,
     )
     rig.row(
-        n="6",
+        n="7",
         bench=f"commands --user --since over {res['rows']:,} rows",
         cipher="",
         direct="",
@@ -1303,7 +1390,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sizes": sizes.__dict__,
                     "machine": info,
                     "gateway_config": "shipped defaults ([recording] enabled, input=redacted, "
-                    "commands on); variants for #5: "
+                    "commands on); variants for #6: "
                     + ", ".join(f"{k}: {v or 'default'}" for k, v in VARIANTS.items()),
                     "table": rig.rows,
                     "table_markdown": table,
