@@ -70,7 +70,7 @@ from asyncssh import connection as _connection
 from asyncssh import encryption as _encryption
 from asyncssh import logging as _logging
 from asyncssh import packet as _packet
-from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.crypto import cipher as _cipher
 from asyncssh.misc import DisconnectError
 from cryptography.exceptions import InvalidTag
@@ -242,6 +242,8 @@ def _install_cached_gcm() -> None:
 
 
 _DATA_HEADER = struct.Struct(">BII")  # MSG_CHANNEL_DATA, recipient channel, length
+_ADJUST = struct.Struct(">II")  # WINDOW_ADJUST's recipient channel, bytes to add
+_ADJUST_STATES = frozenset(("open", "eof_pending", "eof"))  # as _process_window_adjust
 _PAD_POOL_BYTES = 4096
 _pad_pool = b""
 _pad_at = 0
@@ -324,6 +326,9 @@ def _install_data_fast_path() -> None:
                 and cls.process_packet is chan_cls.process_packet  # type: ignore[attr-defined]
                 and cls._packet_handlers.get(MSG_CHANNEL_DATA)  # type: ignore[attr-defined]
                 is chan_cls._packet_handlers.get(MSG_CHANNEL_DATA)  # type: ignore[attr-defined]
+                and cls._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)  # type: ignore[attr-defined]
+                is chan_cls._packet_handlers.get(MSG_CHANNEL_WINDOW_ADJUST)  # type: ignore[attr-defined]
+                and cls._flush_send_buf is chan_cls._flush_send_buf  # type: ignore[attr-defined]
             )
         return ok
 
@@ -380,21 +385,41 @@ def _install_data_fast_path() -> None:
                     (int.from_bytes(iv[4:], "big") + 1) & _IV_MASK  # as _next_iv
                 ).to_bytes(8, "big")
                 chan = None
+                pkttype = packet_data[1]
                 datalen = len(packet_data) - packet_data[0] - 10  # padding, header
-                if packet_data[1] == MSG_CHANNEL_DATA and datalen > 0:
+                if pkttype == MSG_CHANNEL_DATA and datalen > 0:
                     _, recv_chan, n = _DATA_HEADER.unpack_from(packet_data, 1)
                     chan = channels.get(recv_chan)
                     if chan is not None and (
                         n != datalen
                         or chan._recv_state != "open"
                         or datalen > chan._recv_window
-                        or chan._recv_paused
                         or chan._encoding is not None
                         or chan._session is None
                         or chan._send_state in ("close_pending", "closed")
                         or not (plain.get(type(chan)) or takes_plain_data(type(chan)))
                     ):
                         chan = None
+                elif pkttype == MSG_CHANNEL_WINDOW_ADJUST and datalen == 0:  # no more, no less
+                    # The peer's window grew (OpenSSH sends one per ~32 KiB it
+                    # takes in): asyncssh's _process_window_adjust, inline.
+                    recv_chan, adjust = _ADJUST.unpack_from(packet_data, 2)
+                    chan = channels.get(recv_chan)
+                    if chan is not None and (
+                        chan._recv_state not in _ADJUST_STATES
+                        or not (plain.get(type(chan)) or takes_plain_data(type(chan)))
+                    ):
+                        chan = None
+                    if chan is not None:
+                        pos = stop
+                        if self._transport:
+                            self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
+                        self._auth_final = True
+                        chan._send_window += adjust
+                        chan._flush_send_buf()
+                        if self._transport is None:
+                            return False  # closed by what the flush set off
+                        continue
                 if chan is None:
                     self._packet = inp[pos : pos + blocksize]
                     self._pktlen = pktlen
@@ -408,7 +433,11 @@ def _install_data_fast_path() -> None:
                 self._auth_final = True
                 data = packet_data[10 : 10 + datalen]
                 chan._recv_window -= datalen
-                if chan._recv_window < chan._init_recv_window / 2:
+                if chan._recv_paused:
+                    # Held for the session, as _accept_data does, until it
+                    # resumes reading (backpressure from the other leg).
+                    chan._recv_buf.append((data, None))
+                elif chan._recv_window < chan._init_recv_window / 2:
                     chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
                 else:
                     chan._session.data_received(data, None)
