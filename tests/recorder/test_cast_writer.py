@@ -232,3 +232,39 @@ def test_every_ascii_byte_survives_json(strcspn: str, monkeypatch: pytest.Monkey
     steps.append(("output", 200.0, bytes(range(0x80)) * 3 + "é😀".encode()))
     evs = events(run(writer(), steps))
     assert [e[2] for e in evs] == [s[2].decode() for s in steps]
+
+
+def test_times_are_written_as_repr_of_the_rounded_float() -> None:
+    """v2 writes ``repr(round(t, 6))``, clamped so it never goes back: the
+    text, not only the value (``CastWriter._stamp`` formats it another way).
+    Ties at the sixth decimal, times below 1e-4 (``repr`` writes an
+    exponent), whole seconds, late events, ints and the far future."""
+    import random
+
+    rnd = random.Random(11)
+    times: list[float] = [0.0, 0.0000004, 0.0000005, 0.0000006, 0.00001, 0.00005, 0.0000999]
+    times += [0.0001, 0.0078125, 1 / 128 + 1, 0.15, 0.3, 1, 2.5, 3.0000004999, 7.9999996]
+    times += [rnd.uniform(0, 2) for _ in range(300)]
+    times += [k * 0.15 + 0.0004 for k in range(300)]  # a typist's clock
+    times += [rnd.uniform(0, 1e6) for _ in range(300)]
+    times += [rnd.randrange(1 << 20) / (1 << rnd.randrange(1, 30)) for _ in range(300)]
+    times += [999_999_999.9999996, 1e9, 1e9 + 0.5, 3e12]
+    rnd.shuffle(times)
+    last = 0.0
+    want = []
+    w = writer()
+    w.header()
+    for i, t in enumerate(times):
+        r = round(float(t), 6)
+        last = max(last, r)
+        want.append(repr(last))
+        # Every kind of line, one take() each (the clamp spans takes).
+        if i % 3 == 0:
+            w.output(t, b"x")
+        elif i % 3 == 1:
+            w.input(t, b"y")
+        else:
+            w.marker(t, "m")
+        lines = w.take().decode().splitlines()
+        assert len(lines) == 1
+        assert lines[0].split(",")[0] == "[" + want[-1], (t, lines[0])
