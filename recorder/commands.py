@@ -180,6 +180,10 @@ def exec_command(text: str, time: float = 0.0) -> Command:
 class CommandExtractor:
     """Commands and recordable input from one shell channel's two byte streams."""
 
+    short_echo = True
+    """Take ``output``'s short path for the echo of the key a line waits for
+    (tests turn it off to compare with the general path)."""
+
     def __init__(self, cols: int, rows: int) -> None:
         self.cols = cols
         self.rows = rows
@@ -218,6 +222,28 @@ class CommandExtractor:
         if self._screen is None:
             self._alt.feed(data)
             return ()  # disengaged: the cheap path, nothing can be pending
+        line = self._current
+        if (
+            len(data) == 1
+            and self.short_echo
+            and line is not None
+            and line.echo == _ECHO
+            and line.match_start is not None
+            and line.matched < len(line.needed)
+            and line.needed[line.matched] == data[0]
+            and 0x20 <= data[0] < 0x7F
+            and self._lines[0] is line
+            and self._settle < BUSY_BYTES
+        ):
+            # The echo of the key the line waits for (a typist): what the
+            # general path below does with it, without its segment split,
+            # matching loop and prompt check. The line is the only one (the
+            # one being typed is the newest), echoing, its start known.
+            self._alt.feed(data)
+            feed(self._screen, self._stream, data)  # type: ignore[arg-type]
+            line.matched += 1
+            self._settle += 1  # (still at most BUSY_BYTES: nothing to give up)
+            return self._drain() if self._pieces or self._out else ()
         if not self._lines and self._settle + len(data) > self._settle_limit:
             # Nothing waits on the screen and this read would end the settle
             # anyway: disengage before pyte sees it (a `cat` after its command

@@ -158,3 +158,14 @@ def test_corpus_after_scrollback(path: Path) -> None:
     recorded = b"".join(e.data for e in events if isinstance(e, RecordableInput))
     for secret in case["secrets"]:
         assert secret.encode()[:4] not in recorded
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_short_echo_path_changes_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``output``'s short path for a typed key's echo gives exactly the
+    events (commands, recordable input, their times) of the general path,
+    in whole reads and byte at a time."""
+    case = load(path)
+    short = [replay(case), replay(case, byte_at_a_time=True)]
+    monkeypatch.setattr(CommandExtractor, "short_echo", False)
+    assert [replay(case), replay(case, byte_at_a_time=True)] == short
