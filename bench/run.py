@@ -7,12 +7,12 @@ and prints one table of gateway/direct ratios (medians of per-pair ratios) with
 the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
 1,000 keystrokes. The same figures go to ``bench/results/latest.json``
 (``latest-quick.json`` for ``--quick`` or ``--only`` runs); #5 concurrency
-(not in the default run) also writes ``bench/results/concurrency.json``.
+also writes ``bench/results/concurrency.json``.
 
-    python -m bench.run                 # all but #5 concurrency, ~5 min on 2 cores
-    python -m bench.run --quick         # 3 pairs, smaller sizes, ~2 minutes
+    python -m bench.run                 # all seven, ~11 min on 2 cores (#5: ~5)
+    python -m bench.run --quick         # 3 pairs, smaller sizes, #5 at 200: ~4 minutes
     python -m bench.run --only echo     # pty | bulk | echo | setup | store | concurrency
-    python -m bench.run --only concurrency                  # #5, opt-in: ~5 min
+    python -m bench.run --only concurrency                  # #5 alone: ~5 min
     python -m bench.run --only concurrency --sessions 200   # #5, ~80 s
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
 
@@ -1322,8 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes.conc_hold = args.hold
     if args.type_every:
         sizes.conc_type_every = args.type_every
-    # #5 concurrency takes ~3 minutes and 1,000 shells on the target: opt-in.
-    only = args.only or [n for n in NAMES if n != "concurrency"]
+    only = args.only or list(NAMES)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
