@@ -313,6 +313,10 @@ replaces with one regular expression: two ctypes calls cost more."""
 _NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
 
 
+_ONE_BYTE = {bytes((c,)): _ESCAPE_OF.get(bytes((c,)), bytes((c,))) for c in range(0x80)}
+"""Each ASCII byte alone, escaped."""
+
+
 def _escape_match(m: re.Match[bytes]) -> bytes:
     return _ESCAPE_OF[m.group()]
 
@@ -361,12 +365,17 @@ def _escape_json(raw: bytes) -> bytes:
     the cost). A NUL in the data stops strcspn too: it is then the byte
     found, and is replaced likewise. Without ctypes, one ``in`` per byte."""
     if len(raw) <= SHORT_ESCAPE:
+        if len(raw) == 1:  # a key or its echo: from a table
+            one = _ONE_BYTE.get(raw)
+            if one is not None:
+                return one
         if _NEEDS_ESCAPE.search(raw) is None:
             return raw
         return _NEEDS_ESCAPE.sub(_escape_match, raw)
-    if b"\\" in raw:
+    # (An int needle: a bytes one costs a buffer export per test.)
+    if 0x5C in raw:
         raw = raw.replace(b"\\", b"\\\\")  # first: the other escapes add backslashes
-    if b'"' in raw:
+    if 0x22 in raw:
         raw = raw.replace(b'"', b'\\"')
     strcspn = _strcspn
     if strcspn is None:

@@ -239,7 +239,8 @@ class CommandExtractor:
             # general path below does with it, without its segment split,
             # matching loop and prompt check. The line is the only one (the
             # one being typed is the newest), echoing, its start known.
-            self._alt.feed(data)
+            if self._alt.carry:  # (a printable byte alone changes no mode)
+                self._alt.feed(data)
             feed(self._screen, self._stream, data)  # type: ignore[arg-type]
             line.matched += 1
             self._settle += 1  # (still at most BUSY_BYTES: nothing to give up)

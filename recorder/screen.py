@@ -117,7 +117,9 @@ class ScreenModel:
         pending = self._pending
         pending.append(data)
         self._pending_size += len(data)
-        self._modes.feed(data)
+        modes = self._modes
+        if modes.carry or 0x1B in data:  # (else feed would change nothing)
+            modes.feed(data)
         if self._pending_size > self._compact_at or len(pending) > MAX_CHUNKS:
             self._compact()
 

@@ -190,6 +190,30 @@ class TrackedScreen(pyte.Screen):  # type: ignore[misc]  # pyte ships no type hi
         cursor.x = x
         self.dirty.add(cursor.y)
 
+    def draw_char(self, ch: str) -> None:
+        """``draw(ch)`` of one printable ASCII character (a key's echo): what
+        ``_draw_ascii`` does with it when the cursor is inside the row, without
+        the loop and the checks ``draw`` makes for a run of text."""
+        cursor = self.cursor
+        x = cursor.x
+        attrs = cursor.attrs
+        if (
+            x >= self.columns
+            or self.charset != 0
+            or self.g0_charset is not _LAT1
+            or type(attrs) is not _Cell
+            or _modes.IRM in self.mode
+        ):
+            self.draw(ch)
+            return
+        cell = _cells_of(attrs).get(ch)
+        if cell is None:
+            cell = _cell(attrs, ch)
+        y = cursor.y
+        self.buffer[y][x] = cell
+        cursor.x = x + 1
+        self.dirty.add(y)
+
     def index(self) -> None:
         top, bottom = self.margins or (0, self.lines - 1)
         if self.cursor.y != bottom:
@@ -397,40 +421,44 @@ cursor visibility, mouse reporting, bracketed paste, alternate screen."""
 class PrivateModes:
     """DEC private modes (``CSI ? n h/l``) from the output stream, cheap enough
     for every byte: a sequence split across two reads is caught by keeping the
-    last few bytes of the previous one, reads without ESC cost one memchr and
-    reads without ``?`` two.
+    last few bytes of the previous one (``carry``), reads without ESC cost one
+    memchr and reads without ``?`` two. A caller may skip ``feed`` of a read
+    without ESC while ``carry`` is empty (a typed key's echo): it would change
+    nothing.
     pyte 0.8 ignores the alternate screen, hence this."""
 
     def __init__(self) -> None:
         self.modes: dict[int, bool] = {}
-        self._carry = b""
-
-    @property
-    def alt(self) -> bool:
-        """Whether a full-screen program has the alternate screen."""
-        return any(self.modes.get(m, False) for m in ALT_MODES)
+        self.alt = False
+        """Whether a full-screen program has the alternate screen (kept up to
+        date by ``feed``: read at every line the extractor resolves)."""
+        self.carry = b""
 
     def feed(self, data: bytes) -> None:
-        if self._carry:
-            buf = self._carry + data
-        elif b"\x1b" not in data:
+        # (``0x1B in data``, an int: a bytes needle costs a buffer export.)
+        if self.carry:
+            buf = self.carry + data
+        elif 0x1B not in data:
             return
         else:
             buf = data
         # Every such sequence has a "?": one memchr rules out most reads, where
         # a search for "[?" crawled through coloured text full of "[" (~1.5 s
         # per GB of output, twice per shell: the screen model and the extractor).
-        if b"?" in buf and b"\x1b[?" in buf:
+        if 0x3F in buf and b"\x1b[?" in buf:
             end = 0
+            modes = self.modes
             for m in _PRIVATE_MODE.finditer(buf):
                 on = m.group(2) == b"h"
                 for num in m.group(1).split(b";"):
                     if num and int(num) in TRACKED_MODES:
-                        self.modes[int(num)] = on
+                        modes[int(num)] = on
                 end = m.end()
+            if end:
+                self.alt = any(modes.get(m, False) for m in ALT_MODES)
             buf = buf[end:]  # never match the same sequence twice
         tail = buf[-16:]
-        self._carry = tail if b"\x1b" in tail else b""
+        self.carry = tail if 0x1B in tail else b""
 
 
 def resync_start(tail: bytes) -> bytes:
@@ -608,7 +636,7 @@ def feed(screen: TrackedScreen, stream: pyte.ByteStream, data: bytes) -> None:
     colour sequences and the title of a prompt (``_SIMPLE``), with the same
     arguments pyte's parser would pass."""
     if len(data) == 1 and 0x20 <= data[0] < 0x7F and between_sequences(stream):
-        screen.draw(chr(data[0]))  # a key's echo
+        screen.draw_char(chr(data[0]))  # a key's echo
         return
     if _PLAIN.fullmatch(data) is None:
         if _SIMPLE.fullmatch(data) is None or not between_sequences(stream):

@@ -268,3 +268,15 @@ def test_times_are_written_as_repr_of_the_rounded_float() -> None:
         lines = w.take().decode().splitlines()
         assert len(lines) == 1
         assert lines[0].split(",")[0] == "[" + want[-1], (t, lines[0])
+
+
+def test_short_payloads_escape_as_json_dumps() -> None:
+    """Keys and echoes (one byte, from a table; a few, by a regular
+    expression) are escaped as ``json.dumps`` escapes them."""
+    from recorder.cast import _escape_json
+
+    for c in range(0x80):
+        for raw in (bytes((c,)), bytes((c, c)), b"ab" + bytes((c,))):
+            want = json.dumps(raw.decode(), ensure_ascii=False)[1:-1].encode()
+            assert _escape_json(raw) == want, raw
+    assert _escape_json("é".encode()) == "é".encode()
