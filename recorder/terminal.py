@@ -395,9 +395,7 @@ class OutputTail:
         for m in _UNCUTTABLE.finditer(tail, pos):
             end = m.end()
         for m in _SET_MODE.finditer(tail, pos):
-            params = m.group(1)
-            nums = {int(n) for n in re.findall(rb"[0-9]+", params)}
-            if nums & (_DRAWING_PRIVATE_MODES if b"?" in params else _DRAWING_MODES):
+            if _sets_drawing_mode(m.group(1)):
                 end = max(end, m.end())
         for control in _UNCUTTABLE_CONTROLS:
             at = tail.rfind(control, pos)
@@ -499,6 +497,24 @@ _COMPLETE = re.compile(
 )
 
 
+_drawing_params: dict[bytes, bool] = {}
+
+
+def _sets_drawing_mode(params: bytes) -> bool:
+    """Whether ``CSI params h/l`` sets or resets a mode that changes drawing;
+    remembered per parameter string (a prompt's ``?2004h`` comes back at
+    every line, and parsing it cost more than the rest of the scan)."""
+    got = _drawing_params.get(params)
+    if got is None:
+        nums = {int(n) for n in re.findall(rb"[0-9]+", params)}
+        got = bool(nums & (_DRAWING_PRIVATE_MODES if b"?" in params else _DRAWING_MODES))
+        if len(params) <= 16:  # (a prompt's; never a flood of long ones)
+            if len(_drawing_params) >= 256:
+                _drawing_params.clear()
+            _drawing_params[params] = got
+    return got
+
+
 def engage_replay(
     tail: bytes, columns: int, lines: int, keep: int | None = None
 ) -> tuple[int, bytes]:
@@ -528,6 +544,10 @@ def engage_replay(
     return t.replay(columns, lines, keep)
 
 
+_COUNT_WINDOW = 2048
+"""Bytes before a cut in which ``_cut`` first counts line feeds."""
+
+
 def _cut(region: bytes, columns: int, lines: int, keep: int) -> tuple[int, bytes] | None:
     """``engage_replay``'s cut of a region without uncuttable sequences,
     or None."""
@@ -546,13 +566,18 @@ def _cut(region: bytes, columns: int, lines: int, keep: int) -> tuple[int, bytes
             return None  # a sequence open across the CR LF
     # The whole replay starts at row 0 and goes down a row per line feed and
     # per wrap, to the bottom row at most.
-    before = 0
-    at = cut
-    while before < lines - 1:
-        at = region.rfind(b"\n", 0, at)
-        if at < 0:
-            break
-        before += 1
+    # (One count over the last KiB or so usually settles it: a screenful of
+    # a shell's short lines; an rfind per line cost ~1k instructions each.)
+    low = max(0, cut - _COUNT_WINDOW)
+    before = min(region.count(b"\n", low, cut), lines - 1)
+    if before < lines - 1 and low > 0:
+        before = 0
+        at = cut
+        while before < lines - 1:
+            at = region.rfind(b"\n", 0, at)
+            if at < 0:
+                break
+            before += 1
     if before < lines - 1:
         # Not a screenful: show that no line before the cut wrapped.
         head = region[:cut]
