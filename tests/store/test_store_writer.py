@@ -395,3 +395,114 @@ async def test_readonly_store_refuses_writes(store: SqliteStore, db_path: Path) 
             ro.emit(AuditEntry(actor="a", action="b"))
         with pytest.raises(StoreError):
             await ro.unlock_user("bob")
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 150])
+async def test_rows_past_a_multi_row_statement(db_path: Path, extra: int) -> None:
+    """Rows go in by statements of many rows plus single-row ones for what is
+    left over: every count around a statement's size comes back whole, in order."""
+    from store.sqlite import _INSERT_AUDIT, _INSERT_COMMAND, _INSERT_CONNECTION, _INSERT_EVENT
+
+    s = SqliteStore(db_path)
+    await s.open()
+    n_conn = _INSERT_CONNECTION.per + extra
+    n_event = _INSERT_EVENT.per + extra
+    events: list[AnyEvent] = [
+        OpenEvent(connection_id=f"c{i:04d}", time=at(i), name=f"n{i}", **who())
+        for i in range(n_conn)
+    ]
+    events += [
+        ConnectedEvent(connection_id=f"c{i % n_conn:04d}", time=at(1000 + i), **who())
+        for i in range(n_event)
+    ]
+    commands = [
+        CommandRecord(
+            time=at(i),
+            connection_id="c0000",
+            user="alice",
+            target="web1",
+            target_user="deploy",
+            command=f"echo {i}",
+        )
+        for i in range(_INSERT_COMMAND.per + extra)
+    ]
+    audit = [
+        AuditEntry(time=at(i), actor="alice", action="lock", detail=str(i))
+        for i in range(_INSERT_AUDIT.per + extra)
+    ]
+    for r in (*events, *commands, *audit):
+        s.emit(r)
+    await s.close()
+    async with SqliteStore(db_path, readonly=True) as ro:
+        assert await ro.events(QueryFilter()) == events
+        assert await ro.commands(QueryFilter()) == commands
+        assert await ro.audit(QueryFilter()) == audit
+        conns = await ro.connections(QueryFilter())
+    assert [c.id for c in conns] == [f"c{i:04d}" for i in range(n_conn)]
+    assert [c.name for c in conns] == [f"n{i}" for i in range(n_conn)]
+    connected = {f"c{i % n_conn:04d}" for i in range(n_event)}
+    assert {c.id for c in conns if c.state == "connected"} == connected
+
+
+async def test_a_null_in_a_multi_row_statement_is_found_by_halving(store: SqliteStore) -> None:
+    """A NOT NULL column refused part way through a statement of many rows
+    (INSERT OR FAIL: the writer rolls the whole batch back and halves it)."""
+
+    def command(i: int) -> CommandRecord:
+        return CommandRecord(
+            time=at(i), connection_id="c", user="u", target="t", target_user="l",
+            command=f"echo {i}",
+        )  # fmt: skip
+
+    sent = [command(i) for i in range(1000)]
+    bad = CommandRecord.model_construct(
+        time=at(400), connection_id="c", user="u", target="t", target_user="l", command=None
+    )
+    with structlog.testing.capture_logs() as logs:
+        for r in (*sent[:400], bad, *sent[400:]):
+            store.emit(r)
+        await store.flush()
+    assert await store.commands(QueryFilter()) == sent
+    skipped = [e for e in logs if e["event"] == "store skipped a bad record"]
+    assert len(skipped) == 1 and "NOT NULL" in skipped[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quote " and \\ backslash', "tab\tnl\ncr\r\x00\x1f\x7f", "ünïcödé ✓ 😀 \u2028"],
+)
+async def test_event_bodies_are_the_json_pydantic_writes(store: SqliteStore, text: str) -> None:
+    """The writer quotes body strings itself (json.encoder's C quoting): the
+    JSON is byte for byte what pydantic_core.to_json makes, and reads back."""
+    from pydantic_core import to_json
+
+    sent: list[AnyEvent] = [
+        OpenEvent(
+            connection_id="a",
+            time=at(0),
+            name=text,
+            cast_path=None,
+            **who(target_user=text, client_addr=text),
+        ),
+        ConnectedEvent(connection_id="a", time=at(1), **who(target_user=text)),
+        ClosedEvent(
+            connection_id="a",
+            time=at(2),
+            reason=CloseReason.ADMIN_CLOSED,
+            closed_by=text,
+            message=text,
+            bytes_in=2**62,
+            bytes_out=0,
+            **who(client_addr=text),
+        ),
+    ]
+    for e in sent:
+        store.emit(e)
+    await store.flush()
+    assert await store.events(QueryFilter()) == sent
+    with sqlite3.connect(store.path) as db:
+        bodies = [b for (b,) in db.execute("SELECT body FROM events ORDER BY seq")]
+    for event, body in zip(sent, bodies, strict=True):
+        columns = {"id", "time", "type", "connection_id", "user", "target"}
+        fields = event.model_dump(mode="json", exclude=columns)
+        assert body == to_json(fields).decode()
