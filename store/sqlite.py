@@ -91,21 +91,42 @@ CRASHED_MESSAGE = "gateway stopped uncleanly; found at start-up"
 
 
 _TWO_DIGITS = [f"{i:02d}" for i in range(100)]
+_THREE_DIGITS = [f"{i:03d}" for i in range(1000)]
+_MINUTES: dict[bytes, str] = {}
+"""``YYYY-MM-DDTHH:MM:`` by the first 6 bytes of a datetime's pickled state."""
+_MINUTES_KEPT = 1024
+
+
+def _minute_text(t: datetime) -> str:
+    """The first 17 characters of ``format_time(t)`` for a UTC ``t``. Years
+    below 1000 are zero-padded, as isoformat does (strftime does not)."""
+    y = t.year
+    d = _TWO_DIGITS
+    return f"{y if y >= 1000 else f'{y:04d}'}-{d[t.month]}-{d[t.day]}T{d[t.hour]}:{d[t.minute]}:"
 
 
 def _text_time(t: datetime) -> str:
-    """``format_time``, ~3x as fast (the writer calls it per record): an
-    f-string of table lookups measured ~0.9-1.1 us, against ~1.6 for
-    %-formatting, ~1.9 for isoformat + slice and ~2.9 for strftime. Years
-    below 1000 are zero-padded, as isoformat does (strftime does not)."""
+    """``format_time``, ~5x as fast (the writer calls it per record): ~3,000
+    instructions against ~6,600 for an f-string of seven attribute reads and
+    table lookups (itself 3x as fast as strftime, 2x isoformat).
+
+    The fields come from the datetime's pickled state, one C call: bytes of
+    year (2), month (+128 when fold=1), day, hour, minute, second and
+    microsecond (3), a layout pickles of every CPython version depend on. Up to
+    the minute, the text is cached by those bytes (a writer sees few minutes);
+    the seconds and microseconds come from tables."""
     if t.tzinfo is not UTC:
         t = t.astimezone(UTC)
-    y = t.year
-    d = _TWO_DIGITS
-    return (
-        f"{y if y >= 1000 else f'{y:04d}'}-{d[t.month]}-{d[t.day]}"
-        f"T{d[t.hour]}:{d[t.minute]}:{d[t.second]}.{str(1_000_000 + t.microsecond)[1:]}Z"
-    )
+    reduced: Any = t.__reduce__()
+    state: bytes = reduced[1][0]
+    minute = _MINUTES.get(state[:6])
+    if minute is None:
+        if len(_MINUTES) >= _MINUTES_KEPT:
+            _MINUTES.clear()
+        minute = _MINUTES[state[:6]] = _minute_text(t)
+    us = state[7] << 16 | state[8] << 8 | state[9]
+    d = _THREE_DIGITS
+    return f"{minute}{_TWO_DIGITS[state[6]]}.{d[us // 1000]}{d[us % 1000]}Z"
 
 
 def store_path(data_dir: Path) -> Path:

@@ -77,3 +77,26 @@ def test_text_time_of_a_parsed_time() -> None:
     )
     assert e.time.tzinfo is not UTC
     assert _text_time(e.time) == "2025-03-01T12:00:00.500000Z" == format_time(e.time)
+
+
+def test_text_time_over_a_sweep_of_times_and_zones() -> None:
+    """_text_time reads the datetime's pickled state and caches minutes: every
+    field, fold=1, naive times, and a cache cleared part way agree with
+    format_time."""
+    import random
+
+    from store import sqlite
+
+    rnd = random.Random(7)
+    zones = [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=13, minutes=45))]
+    for i in range(5000):
+        t = datetime(
+            rnd.randint(1001, 9998), rnd.randint(1, 12), rnd.randint(1, 28), rnd.randint(0, 23),
+            rnd.randint(0, 59), rnd.randint(0, 59), rnd.randint(0, 999_999),
+            tzinfo=rnd.choice(zones), fold=i % 2,
+        )  # fmt: skip
+        assert _text_time(t) == format_time(t), t
+        assert _text_time(t) == format_time(t), t  # the cached minute
+    assert len(sqlite._MINUTES) <= sqlite._MINUTES_KEPT
+    naive = datetime(2025, 6, 1, 12, 30, 15, 42)
+    assert _text_time(naive) == format_time(naive)
