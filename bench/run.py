@@ -960,6 +960,10 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         "echo_p99_le_20ms": p99 is not None and p99 <= 20,
         "every_cast_complete": casts_ok,
     }
+    dfull = res.get("direct_full") or {}
+    decho = dfull.get("echo_load") or {}
+    if decho.get("p99_ms") is not None and p99 is not None:
+        res["echo_p99_added_ms"] = p99 - decho["p99_ms"]
     rig.results["concurrency"] = res
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "concurrency.json").write_text(
@@ -976,10 +980,6 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         + "\n"
     )
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    dfull = res.get("direct_full") or {}
-    decho = dfull.get("echo_load") or {}
-    if decho.get("p99_ms") is not None and p99 is not None:
-        res["echo_p99_added_ms"] = p99 - decho["p99_ms"]
     rig.row(
         n="5",
         bench=f"concurrency: {lg['sessions']} pty sessions ({lg['streamers']} streaming), "
