@@ -719,30 +719,17 @@ def bench_concurrency(rig: Rig) -> None:
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
         deadline = time.monotonic() + 300  # the whole benchmark stops by itself
-        lg_args = [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "--port",
-            str(gw.port),
-            "--login",
+        lg_args = _loadgen_args(
+            s,
+            gw.port,
             "root@t0",
-            "--key",
-            str(gw.user("alice").key.private),
+            gw.user("alice").key.private,
             "--direct-port",
             str(sshd.port),
             "--direct-key",
             str(sshd.client_key.private),
-            "--sessions",
-            str(n),
-            "--hold",
-            str(s.conc_hold),
-            "--type-every",
-            str(s.conc_type_every),
             "--warmup",
-            "--deadline",
-            "250",
-        ]
+        )
         lg = subprocess.Popen(
             lg_args,
             stdin=subprocess.PIPE,
@@ -873,20 +860,18 @@ def bench_concurrency(rig: Rig) -> None:
     _conc_report(rig, res)
 
 
-def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
-    """#5's direct arm: bench/loadgen.py with every session straight to sshd."""
-    cmd = [
+def _loadgen_args(s: Sizes, port: int, login: str, key: Path, *extra: str) -> list[str]:
+    """bench/loadgen.py's command line for #5's workload."""
+    return [
         sys.executable,
         "-m",
         "bench.loadgen",
         "--port",
-        str(sshd.port),
+        str(port),
         "--login",
-        "root",
+        login,
         "--key",
-        str(sshd.client_key.private),
-        "--probes",
-        "0",
+        str(key),
         "--sessions",
         str(s.conc_sessions),
         "--hold",
@@ -895,7 +880,13 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
         str(s.conc_type_every),
         "--deadline",
         "250",
+        *extra,
     ]
+
+
+def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
+    """#5's direct arm: bench/loadgen.py with every session straight to sshd."""
+    cmd = _loadgen_args(s, sshd.port, "root", sshd.client_key.private, "--probes", "0")
     lg = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
