@@ -43,6 +43,16 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 _FLUSH_SLICE = 0.002
 """Seconds of flushing per loop turn (see ``Recordings._flush_spread``)."""
 
+FLUSH_BYTES = 512 * 1024
+"""Output bytes a recording holds before it flushes at the end of the loop
+turn instead of waiting for the flush task. A second of bulk output is tens of
+MB: held for the once-a-second flush, it and its escaped copy grew the heap by
+that much and gave it back every second, and every byte of the cast was
+written into freshly faulted pages (the page faults were most of the relay's
+kernel time under a pty ``cat``). Flushed every half MB, the same memory is
+reused while it is still in cache, and a streaming session holds at most this
+much. A keystroke's echo never comes near it."""
+
 
 class RecordingError(Exception):
     """A recording could not be started and ``on_failure`` says close."""
@@ -79,6 +89,7 @@ class SessionRecording:
         # an escaped U+FFFD). Once it turns binary, only its size is recorded.
         self._watch_binary = live.kind is ConnectionKind.EXEC and live.pty is None
         self._binary_bytes = 0
+        self._held = 0  # output bytes since the last flush (see FLUSH_BYTES)
 
     # -- the relay's calls (hot path: appends only) -----------------------------
     def output(self, t: float, data: bytes) -> None:
@@ -86,6 +97,9 @@ class SessionRecording:
             self._binary(t, len(data))
             return
         self.writer.output(t, data)
+        held = self._held = self._held + len(data)
+        if held > FLUSH_BYTES and held - len(data) <= FLUSH_BYTES:
+            self.owner.loop.call_soon(self.flush)  # once per crossing
         if self.screen is not None:
             self.screen.feed(data)
         if self.extractor is not None:
@@ -141,6 +155,7 @@ class SessionRecording:
 
     # -- disk ------------------------------------------------------------------
     def flush(self) -> None:
+        self._held = 0
         if self._fd is None:
             return
         parts = self.writer.take_parts()
@@ -224,6 +239,13 @@ class Recordings:
         self.gateway = gateway
         self._open: set[SessionRecording] = set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     @property
     def directory(self) -> Path:

@@ -1,13 +1,20 @@
-"""The recordings' periodic flush gives the event loop back while it works:
-with a thousand casts, one pass held every keystroke's echo."""
+"""When recordings reach the disk: the periodic flush gives the event loop
+back while it works (with a thousand casts, one pass held every keystroke's
+echo), and bulk output is flushed by size in between."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from gateway.recording import Recordings
+from config.models import RecordingSection
+from gateway.recording import FLUSH_BYTES, Recordings
+from store.events import CloseReason, ConnectionKind
+from tests.cast_validator import validate_cast
 
 
 class _SlowRecording:
@@ -40,3 +47,47 @@ async def test_flush_pass_yields_to_the_loop_and_flushes_everything() -> None:
     first, last = log.index(flushed[0]), log.index(flushed[-1])
     # the loop ran other work between the first and the last cast's flush
     assert "tick" in log[first:last]
+
+
+async def test_bulk_output_is_flushed_by_size_between_the_periodic_flushes(
+    tmp_path: Path,
+) -> None:
+    """A streaming session's output goes to disk once it holds FLUSH_BYTES, at
+    the end of that loop turn, not only at the periodic flush (an hour away
+    here): memory per session stays bounded and the cast is whole."""
+    cfg = RecordingSection(flush_interval=3600)
+    gateway = SimpleNamespace(config=SimpleNamespace(recording=cfg), data_dir=tmp_path)
+    (tmp_path / "recordings").mkdir()
+    recordings = Recordings(gateway)  # type: ignore[arg-type]
+    live = SimpleNamespace(
+        id="00000000-0000-0000-0000-000000000001",
+        kind=ConnectionKind.EXEC,
+        command="cat big.log",
+        pty=SimpleNamespace(cols=80, rows=24, term_type="xterm"),
+        user="alice",
+        login="root",
+        target="web1",
+        store=SimpleNamespace(emit=lambda event: None),
+        opened_at=datetime.now(UTC),
+    )
+    rec = recordings.start(live)  # type: ignore[arg-type]
+    assert rec is not None
+    path = Path(rec.cast_path)
+    header = path.stat().st_size
+    line = b"0123456789 abcdefghij klmnopqrst uvwxyz\r\n"
+    sent = b""
+    sizes = []
+    for turn in range(6):
+        chunk = line * (FLUSH_BYTES // len(line) // 3)
+        for i in range(4):  # 4/3 of FLUSH_BYTES this turn
+            rec.output(turn + i / 10, chunk)
+            sent += chunk
+        assert path.stat().st_size == (sizes[-1] if sizes else header)  # nothing mid-turn
+        await asyncio.sleep(0)
+        sizes.append(path.stat().st_size)
+        assert sizes[-1] > len(sent), (turn, sizes)  # all of it on disk after the turn
+        assert rec._held == 0
+    rec.close(7.0, CloseReason.CLIENT_EXIT)
+    await recordings.close()
+    _, events = validate_cast(path)
+    assert "".join(d for _, code, d in events if code == "o") == sent.decode()
