@@ -370,6 +370,11 @@ def _install_data_fast_path() -> None:
         channels = self._channels
         refused = False
         view = memoryview(inp)  # slices of it are not copies
+        # Data for one channel in consecutive packets is handed on as one
+        # piece (see _hand_on): a pty sends ~4 KiB packets, a read holds
+        # several, and the session, recording and client write run once.
+        held_chan: Any = None
+        held: list[bytes] = []
         try:
             while end - pos >= blocksize:
                 pktlen = int.from_bytes(view[pos : pos + 4], "big")
@@ -394,6 +399,12 @@ def _install_data_fast_path() -> None:
                 if pkttype == MSG_CHANNEL_DATA and datalen > 0:
                     _, recv_chan, n = _DATA_HEADER.unpack_from(packet_data, 1)
                     chan = channels.get(recv_chan)
+                    if held and chan is not held_chan:
+                        _hand_on(held_chan, held)  # in order, before checking this one
+                        held_chan = None
+                        held = []
+                        if self._transport is None:
+                            return False
                     if chan is not None and (
                         n != datalen
                         or chan._recv_state != "open"
@@ -415,6 +426,12 @@ def _install_data_fast_path() -> None:
                     ):
                         chan = None
                     if chan is not None:
+                        if held:
+                            _hand_on(held_chan, held)
+                            held_chan = None
+                            held = []
+                            if self._transport is None:
+                                return False  # closed by what the data set off
                         pos = stop
                         if self._transport:
                             self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
@@ -425,6 +442,12 @@ def _install_data_fast_path() -> None:
                             return False  # closed by what the flush set off
                         continue
                 if chan is None:
+                    if held:  # in order: what is held goes before this packet
+                        _hand_on(held_chan, held)
+                        held_chan = None
+                        held = []
+                        if self._transport is None:
+                            return False
                     self._packet = inp[pos : pos + blocksize]
                     self._pktlen = pktlen
                     self._inpbuf = inp = inp[pos + blocksize :]
@@ -435,16 +458,12 @@ def _install_data_fast_path() -> None:
                 if self._transport:
                     self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
                 self._auth_final = True
-                data = packet_data[10 : 10 + datalen]
+                held_chan = chan
+                held.append(packet_data[10 : 10 + datalen])
                 chan._recv_window -= datalen
-                if chan._recv_paused:
-                    # Held for the session, as _accept_data does, until it
-                    # resumes reading (backpressure from the other leg).
-                    chan._recv_buf.append((data, None))
-                elif chan._recv_window < chan._init_recv_window / 2:
-                    chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
-                else:
-                    chan._session.data_received(data, None)
+            if held:
+                _hand_on(held_chan, held)
+                held = []
                 if self._transport is None:
                     return False  # closed by what the data set off
         finally:
@@ -545,6 +564,22 @@ def _install_data_fast_path() -> None:
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     write.__wrapped__ = original_write  # type: ignore[attr-defined]
     chan_cls.write = write  # type: ignore[method-assign]
+
+
+def _hand_on(chan: Any, held: list[bytes]) -> None:
+    """Data the receive loop took for ``chan`` (its window already debited),
+    on to the session as asyncssh's ``_accept_data`` and ``_deliver_data``
+    would take it: kept for later while the session paused reading
+    (backpressure from the other leg; asyncssh's resume flushes it, in
+    order), else delivered, after a WINDOW_ADJUST when the window is below
+    half."""
+    data = held[0] if len(held) == 1 else b"".join(held)
+    if chan._recv_paused:
+        chan._recv_buf.append((data, None))
+    elif chan._recv_window < chan._init_recv_window / 2:
+        chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
+    else:
+        chan._session.data_received(data, None)
 
 
 def _resume_reading(conn: Any) -> None:

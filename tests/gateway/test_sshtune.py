@@ -38,6 +38,13 @@ async def _process(process: asyncssh.SSHServerProcess[bytes]) -> None:
             process.stdout.write(b"t%d\n" % i)
             await asyncio.sleep(interval)
         process.exit(0)
+    elif cmd.startswith("burst "):
+        # `count` small writes without yielding: one packet each, all sent
+        # before the peer reads (as a pty's output piles up in a socket)
+        for i in range(int(cmd.split()[1])):
+            process.stdout.write(b"t%d\n" % i)
+        await process.stdout.drain()
+        process.exit(0)
     else:  # echo stdin back until EOF
         while data := await process.stdin.read(65536):
             process.stdout.write(data)
@@ -276,3 +283,46 @@ async def test_data_for_a_paused_channel_is_held_in_order_then_delivered(
     # ~1,500 small packets were held: opened by the direct loop, not asyncssh's parser
     assert parsed_while_paused < 50, parsed_while_paused
     assert counted.parsed < 200, counted.parsed
+
+
+class _CountCalls(_Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.eof = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.after_eof = 0  # data calls after the EOF (there must be none)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.calls += 1
+        self.after_eof += self.eof.is_set()
+        super().data_received(data, datatype)
+
+    def eof_received(self) -> bool:
+        self.eof.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+async def test_consecutive_packets_for_a_channel_reach_its_session_as_one_piece(
+    server: Any,
+) -> None:
+    """A read holding many small CHANNEL_DATA packets (a pty's output) is handed
+    to each session in one call per run of packets, not one per packet; two
+    channels interleaved on one connection each get exactly their bytes, in
+    order, and the EOF after them comes after them."""
+    want = [b"".join(b"t%d\n" % i for i in range(3000))] * 2
+    async with await _connect(server) as conn:
+        opened = [
+            await conn.create_session(_CountCalls, "burst 3000", encoding=None) for _ in want
+        ]
+        sessions = [cast(_CountCalls, s) for _c, s in opened]
+        for s in sessions:
+            await asyncio.wait_for(s.closed.wait(), 20)
+        for s, w in zip(sessions, want, strict=True):
+            assert bytes(s.got) == w
+            assert s.after_eof == 0
+        calls = sum(s.calls for s in sessions)
+        assert calls < 6000 // 4, calls
