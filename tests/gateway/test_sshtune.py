@@ -315,9 +315,7 @@ async def test_consecutive_packets_for_a_channel_reach_its_session_as_one_piece(
     order, and the EOF after them comes after them."""
     want = [b"".join(b"t%d\n" % i for i in range(3000))] * 2
     async with await _connect(server) as conn:
-        opened = [
-            await conn.create_session(_CountCalls, "burst 3000", encoding=None) for _ in want
-        ]
+        opened = [await conn.create_session(_CountCalls, "burst 3000", encoding=None) for _ in want]
         sessions = [cast(_CountCalls, s) for _c, s in opened]
         for s in sessions:
             await asyncio.wait_for(s.closed.wait(), 20)
