@@ -59,7 +59,13 @@ every whole packet in the input buffer in one loop and cuts the buffer once.
 That loop also holds data for a channel whose session paused reading
 (backpressure from the other leg; asyncssh's resume flushes it, in order) and
 applies a plain channel's WINDOW_ADJUST itself: in a pty stream those were a
-fifth of the target's packets and one per ~28 KiB the client took in.
+fifth of the target's packets and one per ~28 KiB the client took in. A run
+of consecutive data packets for one channel reaches its session as one piece
+(a read from a pty's sshd holds several ~4 KiB packets: the relay, the
+recording and the client write then run once per read, not per packet). And
+when a peer's window reopens, what waited in a channel's send buffer is
+sealed the same way and sent in one writev (a client that fell behind the
+stream otherwise sent everything through asyncssh's per-packet path).
 """
 
 from __future__ import annotations
@@ -317,6 +323,7 @@ def _install_data_fast_path() -> None:
     original_recv = conn_cls._recv_packet
     original_pkthdr = conn_cls._recv_pkthdr
     original_write = chan_cls.write
+    original_flush = chan_cls._flush_send_buf  # type: ignore[attr-defined]
     logger_cls = _logging.SSHLogger
     gcm_enc = _encryption.GCMEncryption
     plain: dict[type, bool] = {}  # channel class -> takes data as SSHChannel does
@@ -560,10 +567,69 @@ def _install_data_fast_path() -> None:
         elif self._send_paused:
             self._pause_resume_writing()
 
+    def _flush_send_buf(self: Any) -> None:
+        # What the peer's window now allows of the send buffer (a client that
+        # fell behind: under a pty stream, a tenth of the relay's time went
+        # through asyncssh's per-packet path here), sealed as write() seals
+        # it and sent in one writev. asyncssh's own flush then does the rest:
+        # extended data, a rekey that came due, pause/resume, a pending EOF
+        # or close.
+        conn = self._conn
+        if (
+            self._send_buf
+            and self._send_window
+            and conn is not None
+            and self._send_chan is not None
+            and self._encoding is None
+            and logger_cls._debug_level < 2
+            and (plain.get(type(self)) or takes_plain_data(type(self)))
+        ):
+            enc = conn._send_encryption
+            transport = conn._transport
+            if (
+                enc is not None
+                and transport is not None
+                and conn._kex_complete
+                and conn._auth_complete
+                and conn._compressor is None
+                and not (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
+            ):
+                wire: list[bytes] = []
+                send_buf = self._send_buf
+                while (
+                    send_buf
+                    and self._send_window
+                    and send_buf[0][1] is None
+                    and conn._rekey_bytes_sent < conn._rekey_bytes
+                ):
+                    pktsize = min(self._send_window, self._send_pktsize)
+                    buf = send_buf[0][0]
+                    if len(buf) > pktsize:
+                        data = buf[:pktsize]
+                        del buf[:pktsize]
+                    else:
+                        data = buf
+                        del send_buf[0]
+                    self._send_buf_len -= len(data)
+                    self._send_window -= len(data)
+                    _seal_data(conn, enc, self._send_chan, data, wire)
+                if wire:
+                    try:
+                        writelines = getattr(transport, "writelines", None)
+                        if writelines is not None:
+                            writelines(wire)
+                        else:
+                            transport.write(b"".join(wire))
+                    except ConnectionError:
+                        pass  # as asyncssh's _send
+        original_flush(self)
+
     _recv_pkthdr.__wrapped__ = original_pkthdr  # type: ignore[attr-defined]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     write.__wrapped__ = original_write  # type: ignore[attr-defined]
     chan_cls.write = write  # type: ignore[method-assign]
+    _flush_send_buf.__wrapped__ = original_flush  # type: ignore[attr-defined]
+    chan_cls._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
 
 
 def _hand_on(chan: Any, held: list[bytes]) -> None:

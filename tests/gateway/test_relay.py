@@ -214,9 +214,13 @@ async def test_sshtune_halves_the_packets_on_the_wire(rig: Rig) -> None:
     assert sshtune.installed()
     tuned_send = asyncssh.connection.SSHConnection.send_packet
     original = tuned_send.__wrapped__  # type: ignore[attr-defined]
-    # the direct data path never sends IGNORE either: off for the untuned run
-    tuned_write = asyncssh.channel.SSHChannel.write
+    # the direct data path (write, send-buffer flush) never sends IGNORE
+    # either: off for the untuned run
+    chan_cls = asyncssh.channel.SSHChannel
+    tuned_write = chan_cls.write
     original_write = tuned_write.__wrapped__  # type: ignore[attr-defined]
+    tuned_flush = chan_cls._flush_send_buf  # type: ignore[attr-defined]
+    original_flush = tuned_flush.__wrapped__
 
     async def packets_for_one_run(conn: asyncssh.SSHClientConnection) -> int:
         before = conn._recv_seq
@@ -227,10 +231,12 @@ async def test_sshtune_halves_the_packets_on_the_wire(rig: Rig) -> None:
     async with await rig.client() as conn:
         tuned = await packets_for_one_run(conn)
         asyncssh.connection.SSHConnection.send_packet = original  # type: ignore[method-assign]
-        asyncssh.channel.SSHChannel.write = original_write  # type: ignore[method-assign]
+        chan_cls.write = original_write  # type: ignore[method-assign]
+        chan_cls._flush_send_buf = original_flush  # type: ignore[attr-defined]
         try:
             untuned = await packets_for_one_run(conn)
         finally:
             asyncssh.connection.SSHConnection.send_packet = tuned_send  # type: ignore[method-assign]
-            asyncssh.channel.SSHChannel.write = tuned_write  # type: ignore[method-assign]
+            chan_cls.write = tuned_write  # type: ignore[method-assign]
+            chan_cls._flush_send_buf = tuned_flush  # type: ignore[attr-defined]
     assert tuned * 1.6 < untuned, (tuned, untuned)

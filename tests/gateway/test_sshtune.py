@@ -324,3 +324,33 @@ async def test_consecutive_packets_for_a_channel_reach_its_session_as_one_piece(
             assert s.after_eof == 0
         calls = sum(s.calls for s in sessions)
         assert calls < 6000 // 4, calls
+
+
+async def test_send_buffer_flushes_take_the_direct_path_and_arrive_exactly(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes far bigger than the peer's 64 KiB window wait in asyncssh's send
+    buffer and go out as WINDOW_ADJUSTs come in: sealed by the direct path,
+    not one asyncssh send_packet each, and byte for byte (also across the
+    rekeys every MiB, which asyncssh's own flush starts)."""
+    from asyncssh import connection
+    from asyncssh.constants import MSG_CHANNEL_DATA
+
+    sent_by_asyncssh = 0
+    send_packet = connection.SSHConnection.send_packet
+
+    def counted(self: Any, pkttype: int, *args: bytes, **kw: Any) -> None:
+        nonlocal sent_by_asyncssh
+        if pkttype == MSG_CHANNEL_DATA and isinstance(self, asyncssh.SSHClientConnection):
+            sent_by_asyncssh += 1
+        send_packet(self, pkttype, *args, **kw)
+
+    monkeypatch.setattr(connection.SSHConnection, "send_packet", counted)
+    chunks = [bytes((i + k) % 251 for k in range(n)) for i, n in enumerate([300_000] * 7)]
+    async with await _connect(server, rekey_bytes=1 << 20) as conn:
+        got = await _echo_exactly(conn, chunks)
+    assert got == b"".join(chunks)
+    # ~2 MB at most 32 KiB a packet through a 64 KiB window: 64+ packets
+    # each way; the client's went out of the direct flush but for the few
+    # around each of the two rekeys (65 went through asyncssh without it)
+    assert sent_by_asyncssh < 20, sent_by_asyncssh
