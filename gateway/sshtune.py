@@ -554,11 +554,7 @@ def _install_data_fast_path() -> None:
             elif len(wire) == 2:
                 transport.write(wire[0] + wire[1])  # small: a copy beats a writev
             else:
-                writelines = getattr(transport, "writelines", None)
-                if writelines is not None:  # uvloop: one writev
-                    writelines(wire)
-                else:  # e.g. asyncssh's proxy-command tunnel
-                    transport.write(b"".join(wire))
+                _write_all(transport, wire)
         except ConnectionError:
             pass  # as asyncssh's _send: the connection's own close handles it
         self._send_window -= n
@@ -615,11 +611,7 @@ def _install_data_fast_path() -> None:
                     _seal_data(conn, enc, self._send_chan, data, wire)
                 if wire:
                     try:
-                        writelines = getattr(transport, "writelines", None)
-                        if writelines is not None:
-                            writelines(wire)
-                        else:
-                            transport.write(b"".join(wire))
+                        _write_all(transport, wire)
                     except ConnectionError:
                         pass  # as asyncssh's _send
         original_flush(self)
@@ -630,6 +622,15 @@ def _install_data_fast_path() -> None:
     chan_cls.write = write  # type: ignore[method-assign]
     _flush_send_buf.__wrapped__ = original_flush  # type: ignore[attr-defined]
     chan_cls._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
+
+
+def _write_all(transport: Any, wire: list[bytes]) -> None:
+    """Sealed packets, in pieces, in one send."""
+    writelines = getattr(transport, "writelines", None)
+    if writelines is not None:  # uvloop: one writev
+        writelines(wire)
+    else:  # e.g. asyncssh's proxy-command tunnel
+        transport.write(b"".join(wire))
 
 
 def _hand_on(chan: Any, held: list[bytes]) -> None:
