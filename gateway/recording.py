@@ -99,7 +99,7 @@ class SessionRecording:
         self.writer.output(t, data)
         held = self._held = self._held + len(data)
         if held > FLUSH_BYTES and held - len(data) <= FLUSH_BYTES:
-            self.owner.loop.call_soon(self.flush)  # once per crossing
+            asyncio.get_running_loop().call_soon(self.flush)  # once per crossing
         if self.screen is not None:
             self.screen.feed(data)
         if self.extractor is not None:
@@ -239,13 +239,6 @@ class Recordings:
         self.gateway = gateway
         self._open: set[SessionRecording] = set()
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     @property
     def directory(self) -> Path:

@@ -408,8 +408,6 @@ def _install_data_fast_path() -> None:
                     chan = channels.get(recv_chan)
                     if held and chan is not held_chan:
                         _hand_on(held_chan, held)  # in order, before checking this one
-                        held_chan = None
-                        held = []
                         if self._transport is None:
                             return False
                     if chan is not None and (
@@ -435,8 +433,6 @@ def _install_data_fast_path() -> None:
                     if chan is not None:
                         if held:
                             _hand_on(held_chan, held)
-                            held_chan = None
-                            held = []
                             if self._transport is None:
                                 return False  # closed by what the data set off
                         pos = stop
@@ -451,8 +447,6 @@ def _install_data_fast_path() -> None:
                 if chan is None:
                     if held:  # in order: what is held goes before this packet
                         _hand_on(held_chan, held)
-                        held_chan = None
-                        held = []
                         if self._transport is None:
                             return False
                     self._packet = inp[pos : pos + blocksize]
@@ -470,7 +464,6 @@ def _install_data_fast_path() -> None:
                 chan._recv_window -= datalen
             if held:
                 _hand_on(held_chan, held)
-                held = []
                 if self._transport is None:
                     return False  # closed by what the data set off
         finally:
@@ -639,8 +632,9 @@ def _hand_on(chan: Any, held: list[bytes]) -> None:
     would take it: kept for later while the session paused reading
     (backpressure from the other leg; asyncssh's resume flushes it, in
     order), else delivered, after a WINDOW_ADJUST when the window is below
-    half."""
+    half. Empties ``held``."""
     data = held[0] if len(held) == 1 else b"".join(held)
+    held.clear()
     if chan._recv_paused:
         chan._recv_buf.append((data, None))
     elif chan._recv_window < chan._init_recv_window / 2:
