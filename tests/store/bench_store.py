@@ -3,6 +3,11 @@
 Prints the batched writer's throughput (connection events, and commands)
 through the real ``SqliteStore`` (emit -> writer task -> executemany -> commit),
 and the time of ``commands(user=X, since=Y)`` over 1,000,000 command rows.
+
+``--rate N``: instead, the process CPU of emitting N commands a second for a
+few seconds, one at a time as typists send them (benchmark #5: ~230/s), with
+the writer's group commit (``COMMIT_LINGER``) and without it, against the
+same loop emitting nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import sqlite3
 import sys
 import tempfile
@@ -33,6 +39,7 @@ from store.events import (
     format_time,
     new_id,
 )
+from store.sqlite import COMMIT_LINGER
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 USERS = [f"user{i:03d}" for i in range(100)]
@@ -150,14 +157,43 @@ async def query_bench(path: Path, total: int) -> None:
     print("plan:", "; ".join(row[-1] for row in plan))
 
 
+async def trickle(path: Path, rate: float, seconds: float, linger: float | None) -> None:
+    """CPU seconds of a loop emitting a command every 1/``rate`` s (none when
+    ``linger`` is None: the baseline), and its context switches."""
+    store = SqliteStore(path, linger=linger or 0.0)
+    await store.open()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        if linger is not None:
+            store.emit(commands(1, n)[0])
+        n += 1
+        await asyncio.sleep(1 / rate)
+    done = resource.getrusage(resource.RUSAGE_SELF)
+    await store.close()
+    cpu = done.ru_utime - usage.ru_utime + done.ru_stime - usage.ru_stime
+    label = "no records (the loop alone)" if linger is None else f"linger {linger:g} s"
+    print(
+        f"{label:28s} {n / seconds:6.0f}/s: {cpu / seconds * 100:5.1f}% of a core, "
+        f"{(done.ru_nvcsw - usage.ru_nvcsw) / seconds:6.0f} voluntary and "
+        f"{(done.ru_nivcsw - usage.ru_nivcsw) / seconds:6.0f} involuntary context switches/s"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, help="commands a second, one at a time")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        if args.rate:
+            for i, linger in enumerate((None, 0.0, COMMIT_LINGER)):
+                await trickle(d / f"trickle{i}.db", args.rate, 6.0, linger)
+            return
         events = connection_events(args.events)
         await through_writer(d / "events.db", events, "connection events")
         await through_writer(d / "commands.db", commands(args.events), "commands")

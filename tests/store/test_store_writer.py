@@ -506,3 +506,101 @@ async def test_event_bodies_are_the_json_pydantic_writes(store: SqliteStore, tex
         columns = {"id", "time", "type", "connection_id", "user", "target"}
         fields = event.model_dump(mode="json", exclude=columns)
         assert body == to_json(fields).decode()
+
+
+# -- group commit ------------------------------------------------------------
+
+
+def _typed(i: int) -> CommandRecord:
+    return CommandRecord(
+        time=at(i), connection_id="c", user="u", target="t", target_user="l", command=f"echo {i}"
+    )
+
+
+async def _committed_commands(db_path: Path) -> int:
+    async with SqliteStore(db_path, readonly=True) as ro:
+        return len(await ro.commands(QueryFilter()))
+
+
+async def test_records_a_typist_sends_share_transactions(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Benchmark #5's typists: a command every few ms. Written as they came,
+    # each was a transaction of its own (three round trips to the database
+    # thread); with the linger they share a few.
+    s = SqliteStore(db_path, linger=0.2)
+    await s.open()
+    transactions = 0
+    execute = s._execute
+
+    async def counting(rows: object) -> asyncio.Task[None]:
+        nonlocal transactions
+        transactions += 1
+        return await execute(rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(s, "_execute", counting)
+    try:
+        for i in range(40):
+            s.emit(_typed(i))
+            await asyncio.sleep(0.005)
+        await s.flush()
+        assert await _committed_commands(db_path) == 40
+        # 40 records over >= 0.2 s: two or three lingers, not forty
+        assert 1 <= transactions <= 4, transactions
+    finally:
+        await s.close()
+
+
+async def test_a_lingering_record_is_committed_within_the_linger(db_path: Path) -> None:
+    s = SqliteStore(db_path, linger=0.3)
+    await s.open()
+    try:
+        s.emit(_typed(0))
+        await asyncio.sleep(0.05)
+        assert await _committed_commands(db_path) == 0  # still waiting for company
+        for _ in range(100):  # nobody flushes: the linger ends by itself
+            await asyncio.sleep(0.05)
+            if await _committed_commands(db_path) == 1:
+                break
+        assert await _committed_commands(db_path) == 1
+    finally:
+        await s.close()
+
+
+async def test_flush_admission_and_close_do_not_wait_out_the_linger(db_path: Path) -> None:
+    s = SqliteStore(db_path, linger=60)
+    await s.open()
+    s.emit(_typed(0))
+    await asyncio.sleep(0.05)  # the writer is lingering now
+    await asyncio.wait_for(s.flush(), 5)
+    assert await _committed_commands(db_path) == 1
+    s.emit(_typed(1))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(s.close(), 5)  # close drains at once
+    assert await _committed_commands(db_path) == 2
+
+    s = SqliteStore(db_path, linger=60, queue_size=5, batch_size=1000)
+    await s.open()
+    try:
+        for i in range(2, 7):
+            s.emit(_typed(i))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(s.admission(), 5)  # a backlog at the mark: written now
+        assert s.backlog < 5
+    finally:
+        await s.close()
+
+
+async def test_a_whole_batch_does_not_linger(db_path: Path) -> None:
+    s = SqliteStore(db_path, linger=60, batch_size=10)
+    await s.open()
+    try:
+        for i in range(10):
+            s.emit(_typed(i))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if await _committed_commands(db_path) == 10:
+                break
+        assert await _committed_commands(db_path) == 10
+    finally:
+        await s.close()
