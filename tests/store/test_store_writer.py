@@ -522,6 +522,15 @@ async def _committed_commands(db_path: Path) -> int:
         return len(await ro.commands(QueryFilter()))
 
 
+async def _wait_committed(db_path: Path, n: int) -> None:
+    """Until ``n`` commands are readable, for up to 5 s, nobody flushing."""
+    for _ in range(100):
+        if await _committed_commands(db_path) == n:
+            return
+        await asyncio.sleep(0.05)
+    assert await _committed_commands(db_path) == n
+
+
 async def test_records_a_typist_sends_share_transactions(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -558,11 +567,7 @@ async def test_a_lingering_record_is_committed_within_the_linger(db_path: Path) 
         s.emit(_typed(0))
         await asyncio.sleep(0.05)
         assert await _committed_commands(db_path) == 0  # still waiting for company
-        for _ in range(100):  # nobody flushes: the linger ends by itself
-            await asyncio.sleep(0.05)
-            if await _committed_commands(db_path) == 1:
-                break
-        assert await _committed_commands(db_path) == 1
+        await _wait_committed(db_path, 1)  # the linger ends by itself
     finally:
         await s.close()
 
@@ -597,10 +602,6 @@ async def test_a_whole_batch_does_not_linger(db_path: Path) -> None:
     try:
         for i in range(10):
             s.emit(_typed(i))
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if await _committed_commands(db_path) == 10:
-                break
-        assert await _committed_commands(db_path) == 10
+        await _wait_committed(db_path, 10)  # long before the 60 s linger
     finally:
         await s.close()
