@@ -15,8 +15,9 @@ in one go.)
 
 Group commit. Before it takes a batch the writer waits up to ``linger``
 seconds (``COMMIT_LINGER``) for more records to share the transaction, unless a
-``flush``, an ``admission`` wait or ``close`` is waiting on it, or a whole
-batch is pending (so under a backlog it never waits). Benchmark #5's typists
+``flush``, an ``admission`` wait or ``close`` is waiting on it, a connection
+event is pending (``_PROMPT_TYPES``), or a whole batch is (so under a backlog
+it never waits). Benchmark #5's typists
 emit ~230 commands a second: written as they came, each was its own
 transaction, and each transaction is three round trips to aiosqlite's thread
 (BEGIN, INSERT, COMMIT), each a thread wake-up, a loop wake-up and two GIL
@@ -96,6 +97,11 @@ DB_NAME = "shellgate.db"
 _EVENT = TypeAdapter[AnyEvent](ConnectionEvent)
 _EVENT_TYPES = (OpenEvent, ConnectedEvent, DisconnectedEvent, ClosedEvent)
 _RECORD_TYPES = (*_EVENT_TYPES, CommandRecord, AuditEntry)
+_PROMPT_TYPES = frozenset(_EVENT_TYPES)
+"""Records that end the writer's linger: a connection's lifecycle. Left
+waiting, a kill -9 could lose a just-opened connection's row (its cast then
+on disk without it, so never repaired) or a clean close (then reported as
+gateway_crashed). They come once per connection, not per command."""
 
 COMMIT_LINGER = 0.1
 """Seconds the writer waits for more records to share a transaction (see the
@@ -515,6 +521,7 @@ class SqliteStore(EventStore):
         self._linger = linger
         self._hurry = asyncio.Event()  # ends a linger early
         self._waiting = 0  # flush() and admission() calls waiting on the writer
+        self._prompt = False  # a _PROMPT_TYPES record is pending
         self._progress = asyncio.Condition()
         # the writer's batches and the awaited lock writes share one connection:
         # this keeps a lock write from committing half of a batch
@@ -614,6 +621,9 @@ class SqliteStore(EventStore):
         self._wakeup.set()
         if len(self._pending) >= self._batch_size:
             self._hurry.set()  # a whole batch: no reason to linger
+        elif type(record) in _PROMPT_TYPES:
+            self._prompt = True
+            self._hurry.set()
 
     @property
     def backlog(self) -> int:
@@ -683,6 +693,7 @@ class SqliteStore(EventStore):
             if n == len(self._pending):
                 batch = list(self._pending)
                 self._pending.clear()
+                self._prompt = False
             else:
                 take = self._pending.popleft
                 batch = [take() for _ in range(n)]
@@ -700,7 +711,9 @@ class SqliteStore(EventStore):
             del rows
 
     def _may_linger(self) -> bool:
-        return not (self._closing or self._waiting or len(self._pending) >= self._batch_size)
+        return not (
+            self._closing or self._waiting or self._prompt or len(self._pending) >= self._batch_size
+        )
 
     async def _wait_for_company(self) -> None:
         """Group commit: give the records after the pending ones up to

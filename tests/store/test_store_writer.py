@@ -605,3 +605,35 @@ async def test_a_whole_batch_does_not_linger(db_path: Path) -> None:
         await _wait_committed(db_path, 10)  # long before the 60 s linger
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("kind", ["open", "closed"])
+async def test_a_connection_event_ends_the_linger(db_path: Path, kind: str) -> None:
+    # A connection's row must not wait: killed meanwhile, the daemon would
+    # leave a cast without its row, or report a clean close as a crash.
+    s = SqliteStore(db_path, linger=60)
+    await s.open()
+    try:
+        s.emit(_typed(0))
+        await asyncio.sleep(0.05)  # lingering for company
+        if kind == "open":
+            s.emit(OpenEvent(connection_id="a", time=at(1), **who()))
+        else:
+            s.emit(
+                ClosedEvent(
+                    connection_id="a",
+                    time=at(1),
+                    reason=CloseReason.CLIENT_EXIT,
+                    closed_by="alice",
+                    message="exit status 0",
+                    **who(),
+                )
+            )
+        await _wait_committed(db_path, 1)  # the command went with it
+        async with SqliteStore(db_path, readonly=True) as ro:
+            assert [e.connection_id for e in await ro.events(QueryFilter())] == ["a"]
+        s.emit(_typed(2))  # the next command lingers again
+        await asyncio.sleep(0.2)
+        assert await _committed_commands(db_path) == 1
+    finally:
+        await s.close()
