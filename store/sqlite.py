@@ -17,13 +17,13 @@ Group commit. Before it takes a batch the writer waits up to ``linger``
 seconds (``COMMIT_LINGER``) for more records to share the transaction, unless a
 ``flush``, an ``admission`` wait or ``close`` is waiting on it, a connection
 event is pending (``_PROMPT_TYPES``), or a whole batch is (so under a backlog
-it never waits). Benchmark #5's typists
-emit ~230 commands a second: written as they came, each was its own
-transaction, and each transaction is three round trips to aiosqlite's thread
-(BEGIN, INSERT, COMMIT), each a thread wake-up, a loop wake-up and two GIL
-hand-overs: ~11% of a core and ~2,300 context switches a second at ~200
-commands a second, against ~2% and ~120 with a 0.1 s linger
-(``tests/store/bench_store.py --rate 230``, the loop's own cost subtracted).
+it never waits). Benchmark #5's typists emit ~230 commands a second: written
+as they came, each was its own transaction, and each transaction is three
+round trips to aiosqlite's thread (BEGIN, INSERT, COMMIT), each a thread
+wake-up, a loop wake-up and two GIL hand-overs: ~11% of a core and ~2,300
+context switches a second at ~200 commands a second, against ~2% and ~120
+with a 0.1 s linger (``tests/store/bench_store.py --rate 230``, the loop's
+own cost subtracted).
 What is committed is unchanged; what is emitted and not yet committed when
 the process is killed was lost before too, only the window is longer.
 
@@ -54,9 +54,10 @@ file is opened ``mode=ro``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _q
@@ -619,11 +620,11 @@ class SqliteStore(EventStore):
         self._pending.append(record)
         self._emitted += 1
         self._wakeup.set()
-        if len(self._pending) >= self._batch_size:
-            self._hurry.set()  # a whole batch: no reason to linger
-        elif type(record) in _PROMPT_TYPES:
-            self._prompt = True
+        if type(record) in _PROMPT_TYPES:
+            self._prompt = True  # (until a batch takes every pending record)
             self._hurry.set()
+        elif len(self._pending) >= self._batch_size:
+            self._hurry.set()  # a whole batch: no reason to linger
 
     @property
     def backlog(self) -> int:
@@ -633,29 +634,31 @@ class SqliteStore(EventStore):
     async def admission(self) -> None:
         if len(self._pending) < self._high_water:
             return
-        self._waiting += 1
-        self._hurry.set()
-        try:
+        with self._waited_on():
             async with self._progress:
                 await self._progress.wait_for(
                     lambda: len(self._pending) < self._high_water or self._writer_gone()
                 )
-        finally:
-            self._waiting -= 1
 
     async def flush(self) -> None:
         wanted = self._emitted
-        self._waiting += 1
-        self._hurry.set()
-        try:
+        with self._waited_on():
             async with self._progress:
                 await self._progress.wait_for(
                     lambda: self._committed >= wanted or self._writer_gone()
                 )
-        finally:
-            self._waiting -= 1
         if self._committed < wanted:
             raise StoreError(f"store {self.path} has no running writer; records not written")
+
+    @contextlib.contextmanager
+    def _waited_on(self) -> Iterator[None]:
+        """While a caller waits on the writer, it does not linger."""
+        self._waiting += 1
+        self._hurry.set()
+        try:
+            yield
+        finally:
+            self._waiting -= 1
 
     def _writer_gone(self) -> bool:
         return self._writer is None or self._writer.done()
@@ -718,7 +721,8 @@ class SqliteStore(EventStore):
     async def _wait_for_company(self) -> None:
         """Group commit: give the records after the pending ones up to
         ``linger`` seconds to join their transaction (ended early by a
-        ``flush``, an ``admission`` wait, ``close`` or a whole batch)."""
+        ``flush``, an ``admission`` wait, ``close``, a connection event or a
+        whole batch)."""
         self._hurry.clear()
         if not self._may_linger():
             return
