@@ -107,6 +107,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def sched_sample(pid: int) -> dict[str, float]:
+    """Cumulative counters of ``pid`` for #5's hold: user and system CPU
+    seconds (all threads), the main thread's seconds on a CPU and waiting on
+    a run queue (``/proc/PID/task/PID/schedstat``: the loop's thread), and its
+    context switches (``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        rest = f.read().rpartition(")")[2].split()
+    out = {"user_s": int(rest[11]) / CLK_TCK, "sys_s": int(rest[12]) / CLK_TCK}
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as f:
+            on_cpu, waiting, _ = f.read().split()
+        out["on_cpu_s"] = int(on_cpu) / 1e9
+        out["runnable_wait_s"] = int(waiting) / 1e9
+    except (OSError, ValueError):
+        pass  # a kernel without schedstat
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                out[key] = float(value)
+    return out
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -811,6 +834,7 @@ def bench_concurrency(rig: Rig) -> None:
             elif kind == "ramped":
                 res["ramp_s"] = ev["ramp_s"]
                 cpu0 = cpu_seconds(gpid)
+                sched0 = sched_sample(gpid)
                 t_load = time.monotonic()
                 target_conns = len(sshd.connection_pids())
                 # Who else burns the 2 cores: sshd + shells, the load generator.
@@ -837,11 +861,7 @@ def bench_concurrency(rig: Rig) -> None:
                     if ev["event"] == "hold_end":
                         break
                 cpu1 = cpu_seconds(gpid)
-                spying.close()
-                if spy is not None and raw.exists():
-                    res["profile"] = summarize_collapsed(raw)
-                    print(f"\nprofile of #5's hold: {raw}")
-                    print_profile(res["profile"])
+                sched1 = sched_sample(gpid)
                 hold_wall = time.monotonic() - t_load
                 tree_cpu = 0.0
                 for p, c in tree0.items():
@@ -851,7 +871,16 @@ def bench_concurrency(rig: Rig) -> None:
                 res["target_cpu_share_of_one_core"] = tree_cpu / hold_wall
                 res["loadgen_cpu_share_of_one_core"] = (cpu_seconds(lg.pid) - lg0) / hold_wall
                 res["gw_cpu_s_hold"] = cpu1 - cpu0
-                res["gw_cpu_share_of_one_core"] = (cpu1 - cpu0) / (time.monotonic() - t_load)
+                res["gw_cpu_share_of_one_core"] = (cpu1 - cpu0) / hold_wall
+                # Per second of the hold: where the gateway's time went.
+                res["gw_hold_per_s"] = {
+                    k: (sched1[k] - sched0[k]) / hold_wall for k in sched1 if k in sched0
+                }
+                spying.close()
+                if spy is not None and raw.exists():
+                    res["profile"] = summarize_collapsed(raw)
+                    print(f"\nprofile of #5's hold: {raw}")
+                    print_profile(res["profile"])
                 fds_load = _fds(gpid)
                 samples.append(rss_kib(gpid))
             elif kind == "result":
@@ -967,6 +996,17 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
     }
 
 
+def _sched_text(per_s: dict[str, float]) -> str:
+    """The gateway's hold in a few words (see ``sched_sample``)."""
+    if "user_s" not in per_s:
+        return ""
+    text = f"; gateway user {per_s['user_s'] * 100:.0f}% / sys {per_s['sys_s'] * 100:.0f}%"
+    if "runnable_wait_s" in per_s:
+        text += f", its loop waited for a CPU {per_s['runnable_wait_s'] * 100:.0f}% of the hold"
+    switches = per_s.get("voluntary_ctxt_switches", 0) + per_s.get("nonvoluntary_ctxt_switches", 0)
+    return text + f", {switches / 1000:.1f}k context switches/s"
+
+
 def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
     lg = res["loadgen"]
     cc = res["cast_check"]
@@ -1021,7 +1061,8 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         goal="all ok; <= 150 KiB; p99 <= 20 ms; casts complete",
         cpu=f"{res.get('gw_cpu_share_of_one_core', 0) * 100:.0f}% of a core",
         extra=f"{res['target_connections_at_load']} target conns, "
-        f"loadgen lag p99 {fmt(lg['loadgen_loop_lag_under_load_ms']['p99_ms'])} ms",
+        f"loadgen lag p99 {fmt(lg['loadgen_loop_lag_under_load_ms']['p99_ms'])} ms"
+        + _sched_text(res.get("gw_hold_per_s", {})),
         ok=all(res["goals"].values()),
     )
     print(
