@@ -294,6 +294,8 @@ class Rig:
     rows: list[dict[str, Any]] = field(default_factory=list)
     # --profile-hold: py-spy the gateway through #5's hold.
     profile_hold: bool = False
+    # Where #5's concurrency.json goes: next to the results file.
+    results_dir: Path = RESULTS
 
     def direct(self) -> SshClient:
         return self.sshd.client(strict=False)
@@ -1027,8 +1029,8 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
     if decho.get("p99_ms") is not None and p99 is not None:
         res["echo_p99_added_ms"] = p99 - decho["p99_ms"]
     rig.results["concurrency"] = res
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "concurrency.json").write_text(
+    rig.results_dir.mkdir(parents=True, exist_ok=True)
+    (rig.results_dir / "concurrency.json").write_text(
         json.dumps(
             {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1472,6 +1474,8 @@ def main(argv: list[str] | None = None) -> int:
                 directory / "b",
             )
         rig.profile_hold = args.profile_hold
+        if args.out:
+            rig.results_dir = args.out.parent
         if args.profile:
             bench_profile(rig)
             return 0
