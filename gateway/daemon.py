@@ -25,14 +25,16 @@ from gateway import sshtune
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
 from gateway.recording import (
+    ORPHAN_MARGIN,
     RecordingError,
     Recordings,
     SessionRecording,
     audit_recording_failure,
     repair_cast,
+    repair_torn_casts,
 )
 from gateway.server import ClientSession, GatewayServer
-from store.base import EventStore
+from store.base import EventStore, QueryFilter
 from store.events import SYSTEM, AuditEntry, CloseReason, ConnectionKind
 
 log = structlog.get_logger("shellgate.daemon")
@@ -161,6 +163,7 @@ class Gateway:
             cast = self.data_dir / "recordings" / f"{event.connection_id}.cast"
             if cast.exists():
                 repair_cast(cast, "closed: gateway_crashed")
+        await self._repair_orphan_casts()
         self.locked = {lock.user for lock in await self.store.locks()}
         host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
         g = self.config.gateway
@@ -193,6 +196,27 @@ class Gateway:
             config=self.config_path or "<embedded default>",
             data_dir=str(self.data_dir),
         )
+
+    async def _repair_orphan_casts(self) -> None:
+        """Torn casts whose connection never reached the store (see
+        ``repair_torn_casts``): repaired, logged and audited."""
+        newest = await self.store.events(QueryFilter(limit=1))
+        since = newest[0].time.timestamp() - ORPHAN_MARGIN if newest else 0.0
+        for cast in repair_torn_casts(self.data_dir / "recordings", since):
+            log.warning(
+                "repaired a recording whose connection is not in the store",
+                connection_id=cast.stem,
+                path=str(cast),
+            )
+            self.store.emit(
+                AuditEntry(
+                    actor=SYSTEM,
+                    action="recording_repaired",
+                    connection_id=cast.stem,
+                    detail=f"{cast}: torn last line cut after an unclean stop; "
+                    "its connection's events were not committed",
+                )
+            )
 
     def start_recording(self, live: LiveConnection) -> SessionRecording | None:
         """The connection's recording; raises RecordingError when it cannot be

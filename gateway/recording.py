@@ -358,6 +358,45 @@ def _is_binary(data: bytes) -> bool:
     return False
 
 
+ORPHAN_MARGIN = 60.0
+"""Seconds before the store's newest event that a torn cast may have been
+last written and still be from the stop being recovered (see
+``repair_torn_casts``)."""
+
+
+def repair_torn_casts(directory: Path, since: float) -> list[Path]:
+    """Repair the casts in ``directory`` last written at ``since`` (a Unix
+    time) or later whose last line is torn, and return them.
+
+    Start-up repair goes by the store's live rows, but a kill -9 between a
+    connection's first cast write and the commit of its ``open`` event leaves
+    a cast with no row. Only a stop tears a line (a short write is cut at
+    once), and a cast torn by the stop being recovered was written at or
+    after the store's newest event, hence ``since``: start-up does not read
+    every cast ever recorded."""
+    repaired: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as e:
+        log.warning("could not scan recordings", path=str(directory), error=str(e))
+        return repaired
+    for entry in entries:
+        if not entry.name.endswith(".cast"):
+            continue
+        try:
+            st = entry.stat()
+            if st.st_mtime < since or st.st_size == 0:
+                continue
+            with open(entry.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        except OSError:
+            continue
+        if torn and repair_cast(Path(entry.path), "closed: gateway_crashed"):
+            repaired.append(Path(entry.path))
+    return repaired
+
+
 def repair_cast(path: Path, marker: str) -> bool:
     """Make a cast left by an unclean stop valid: cut a torn last line and
     append a closing marker. Returns True if the file was changed."""

@@ -245,6 +245,34 @@ def test_kill_9_then_restart_closes_with_gateway_crashed(
     assert (r.returncode, r.stdout) == (0, b"after-restart\n"), r
 
 
+def test_restart_repairs_a_torn_cast_that_has_no_connection_row(gateway: GatewayProcess) -> None:
+    """A kill -9 after a connection's first cast write but before its open
+    event was committed leaves a cast the store does not know: start-up
+    repairs it too, and says so in the audit log."""
+    r = gateway.to("web1").ssh_sync("echo committed")
+    assert (r.returncode, r.stdout) == (0, b"committed\n"), r
+    (row,) = poll(lambda: gateway.cli_json("connections") or None, message="a connection row")
+    header = Path(row["cast_path"]).read_bytes().split(b"\n", 1)[0]
+    gateway.kill()
+    orphan = gateway.data_dir / "recordings" / "0b9d7c1e-5f7a-4d7e-9c1e-000000000001.cast"
+    orphan.write_bytes(header + b'\n[0.25, "o", "whole line\\r\\n"]\n[0.5, "o", "torn li')
+    gateway.start()
+    audit = poll(
+        lambda: (
+            [a for a in gateway.cli_json("audit") if a["action"] == "recording_repaired"] or None
+        ),
+        message="a recording_repaired audit entry",
+    )
+    assert isinstance(audit, list) and len(audit) == 1, audit
+    assert (audit[0]["actor"], audit[0]["connection_id"]) == ("system", orphan.stem)
+    _, events = validate_cast(orphan)
+    assert events == [(0.25, "o", "whole line\r\n"), (0.25, "m", "closed: gateway_crashed")]
+    # The committed connection's cast was whole: left as it was.
+    _, events = validate_cast(row["cast_path"])
+    assert events[-1][1:] != ("m", "closed: gateway_crashed")
+    check_contract(gateway)
+
+
 # -- audit ----------------------------------------------------------------------------------
 
 
