@@ -100,11 +100,16 @@ QUICK = Sizes(3, 8, 20, 600, 12, 3, 20_000, 200_000, 200, 15.0, throughput_pairs
 # -- small helpers ----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/PID/stat)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """utime and stime of ``pid`` in seconds (fields 14 and 15 of /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
         rest = f.read().rpartition(")")[2].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    return sum(cpu_times(pid))
 
 
 def sched_sample(pid: int) -> dict[str, float]:
@@ -112,9 +117,8 @@ def sched_sample(pid: int) -> dict[str, float]:
     seconds (all threads), the main thread's seconds on a CPU and waiting on
     a run queue (``/proc/PID/task/PID/schedstat``: the loop's thread), and its
     context switches (``/proc/PID/status``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-        rest = f.read().rpartition(")")[2].split()
-    out = {"user_s": int(rest[11]) / CLK_TCK, "sys_s": int(rest[12]) / CLK_TCK}
+    user, system = cpu_times(pid)
+    out = {"user_s": user, "sys_s": system}
     try:
         with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as f:
             on_cpu, waiting, _ = f.read().split()
@@ -814,7 +818,6 @@ def bench_concurrency(rig: Rig) -> None:
             return ev
 
         samples: list[int] = []
-        cpu0 = cpu1 = 0.0
         fds_load = 0
         target_conns = 0
         result: dict[str, Any] | None = None
@@ -839,7 +842,6 @@ def bench_concurrency(rig: Rig) -> None:
                 )
             elif kind == "ramped":
                 res["ramp_s"] = ev["ramp_s"]
-                cpu0 = cpu_seconds(gpid)
                 sched0 = sched_sample(gpid)
                 t_load = time.monotonic()
                 target_conns = len(sshd.connection_pids())
@@ -866,7 +868,6 @@ def bench_concurrency(rig: Rig) -> None:
                     lines.append(ev)
                     if ev["event"] == "hold_end":
                         break
-                cpu1 = cpu_seconds(gpid)
                 sched1 = sched_sample(gpid)
                 hold_wall = time.monotonic() - t_load
                 tree_cpu = 0.0
@@ -876,12 +877,11 @@ def bench_concurrency(rig: Rig) -> None:
                         tree_cpu += c1 - c
                 res["target_cpu_share_of_one_core"] = tree_cpu / hold_wall
                 res["loadgen_cpu_share_of_one_core"] = (cpu_seconds(lg.pid) - lg0) / hold_wall
-                res["gw_cpu_s_hold"] = cpu1 - cpu0
-                res["gw_cpu_share_of_one_core"] = (cpu1 - cpu0) / hold_wall
                 # Per second of the hold: where the gateway's time went.
-                res["gw_hold_per_s"] = {
-                    k: (sched1[k] - sched0[k]) / hold_wall for k in sched1 if k in sched0
-                }
+                per_s = {k: (sched1[k] - sched0[k]) / hold_wall for k in sched1 if k in sched0}
+                res["gw_hold_per_s"] = per_s
+                res["gw_cpu_share_of_one_core"] = per_s["user_s"] + per_s["sys_s"]
+                res["gw_cpu_s_hold"] = res["gw_cpu_share_of_one_core"] * hold_wall
                 spying.close()
                 if spy is not None and raw.exists():
                     res["profile"] = summarize_collapsed(raw)

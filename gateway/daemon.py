@@ -25,7 +25,6 @@ from gateway import sshtune
 from gateway.live import LiveConnection, SessionRegistry
 from gateway.pool import TargetPool
 from gateway.recording import (
-    ORPHAN_MARGIN,
     RecordingError,
     Recordings,
     SessionRecording,
@@ -201,8 +200,8 @@ class Gateway:
         """Torn casts whose connection never reached the store (see
         ``repair_torn_casts``): repaired, logged and audited."""
         newest = await self.store.events(QueryFilter(limit=1))
-        since = newest[0].time.timestamp() - ORPHAN_MARGIN if newest else 0.0
-        for cast in repair_torn_casts(self.data_dir / "recordings", since):
+        recordings = self.data_dir / "recordings"
+        for cast in repair_torn_casts(recordings, newest[0].time if newest else None):
             log.warning(
                 "repaired a recording whose connection is not in the store",
                 connection_id=cast.stem,

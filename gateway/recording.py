@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -364,16 +364,18 @@ last written and still be from the stop being recovered (see
 ``repair_torn_casts``)."""
 
 
-def repair_torn_casts(directory: Path, since: float) -> list[Path]:
-    """Repair the casts in ``directory`` last written at ``since`` (a Unix
-    time) or later whose last line is torn, and return them.
+def repair_torn_casts(directory: Path, newest_event: datetime | None) -> list[Path]:
+    """Repair the casts in ``directory`` last written from ``ORPHAN_MARGIN``
+    before the store's ``newest_event`` on (every cast when the store has
+    none) whose last line is torn, and return them.
 
     Start-up repair goes by the store's live rows, but a kill -9 between a
     connection's first cast write and the commit of its ``open`` event leaves
     a cast with no row. Only a stop tears a line (a short write is cut at
     once), and a cast torn by the stop being recovered was written at or
-    after the store's newest event, hence ``since``: start-up does not read
-    every cast ever recorded."""
+    after the store's newest event: start-up does not read every cast ever
+    recorded."""
+    since = newest_event.timestamp() - ORPHAN_MARGIN if newest_event else 0.0
     repaired: list[Path] = []
     try:
         entries = list(os.scandir(directory))

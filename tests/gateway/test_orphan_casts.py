@@ -4,10 +4,10 @@ the store (``gateway.recording.repair_torn_casts``)."""
 from __future__ import annotations
 
 import os
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.recording import repair_torn_casts
+from gateway.recording import ORPHAN_MARGIN, repair_torn_casts
 from tests.cast_validator import validate_cast
 
 HEADER = b'{"version": 2, "width": 80, "height": 24, "timestamp": 1764720000}\n'
@@ -23,7 +23,7 @@ def _cast(directory: Path, name: str, body: bytes, mtime: float | None = None) -
 
 def test_torn_recent_cast_is_cut_and_marked(tmp_path: Path) -> None:
     torn = _cast(tmp_path, "a.cast", HEADER + b'[0.5, "o", "hello\\r\\n"]\n[0.9, "o", "hal')
-    assert repair_torn_casts(tmp_path, since=time.time() - 60) == [torn]
+    assert repair_torn_casts(tmp_path, newest_event=datetime.now(UTC)) == [torn]
     _, events = validate_cast(torn)
     assert events == [(0.5, "o", "hello\r\n"), (0.5, "m", "closed: gateway_crashed")]
 
@@ -31,7 +31,8 @@ def test_torn_recent_cast_is_cut_and_marked(tmp_path: Path) -> None:
 def test_whole_old_empty_and_other_files_are_left_alone(tmp_path: Path) -> None:
     whole = HEADER + b'[0.5, "o", "hello"]\n'
     torn = HEADER + b'[0.5, "o", "hel'
-    since = time.time() - 60
+    newest = datetime.now(UTC)
+    since = newest.timestamp() - ORPHAN_MARGIN
     files = {
         _cast(tmp_path, "whole.cast", whole): whole,
         # Torn, but last written before the stop being recovered: an older
@@ -40,10 +41,10 @@ def test_whole_old_empty_and_other_files_are_left_alone(tmp_path: Path) -> None:
         _cast(tmp_path, "empty.cast", b""): b"",
         _cast(tmp_path, "notes.txt", b"torn"): b"torn",
     }
-    assert repair_torn_casts(tmp_path, since=since) == []
+    assert repair_torn_casts(tmp_path, newest_event=newest) == []
     for path, body in files.items():
         assert path.read_bytes() == body, path
 
 
 def test_unreadable_directory_is_a_warning_not_a_crash(tmp_path: Path) -> None:
-    assert repair_torn_casts(tmp_path / "missing", since=0.0) == []
+    assert repair_torn_casts(tmp_path / "missing", newest_event=None) == []
