@@ -134,6 +134,20 @@ def sched_sample(pid: int) -> dict[str, float]:
     return out
 
 
+def machine_cpu() -> dict[str, float]:
+    """Cumulative CPU seconds of the whole machine (the ``cpu`` line of
+    /proc/stat): busy (user, nice, system, irq, softirq), idle (with iowait)
+    and steal (time the hypervisor gave our vCPUs to someone else)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) / CLK_TCK for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return {
+        "busy_s": user + nice + system + irq + softirq,
+        "idle_s": idle + iowait,
+        "steal_s": steal,
+    }
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -843,6 +857,7 @@ def bench_concurrency(rig: Rig) -> None:
             elif kind == "ramped":
                 res["ramp_s"] = ev["ramp_s"]
                 sched0 = sched_sample(gpid)
+                machine0 = machine_cpu()
                 t_load = time.monotonic()
                 target_conns = len(sshd.connection_pids())
                 # Who else burns the 2 cores: sshd + shells, the load generator.
@@ -869,6 +884,7 @@ def bench_concurrency(rig: Rig) -> None:
                     if ev["event"] == "hold_end":
                         break
                 sched1 = sched_sample(gpid)
+                machine1 = machine_cpu()
                 hold_wall = time.monotonic() - t_load
                 tree_cpu = 0.0
                 for p, c in tree0.items():
@@ -880,6 +896,11 @@ def bench_concurrency(rig: Rig) -> None:
                 # Per second of the hold: where the gateway's time went.
                 per_s = {k: (sched1[k] - sched0[k]) / hold_wall for k in sched1 if k in sched0}
                 res["gw_hold_per_s"] = per_s
+                # The host's share: how busy both cores were, and what the
+                # hypervisor took (a noisy neighbour shows up here, not in ours).
+                res["machine_hold_per_s"] = {
+                    k: (machine1[k] - machine0[k]) / hold_wall for k in machine1
+                }
                 res["gw_cpu_share_of_one_core"] = per_s["user_s"] + per_s["sys_s"]
                 res["gw_cpu_s_hold"] = res["gw_cpu_share_of_one_core"] * hold_wall
                 spying.close()
@@ -964,16 +985,25 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
     )
     tracked = procs.register(lg.pid, "bench load generator (direct arm)", lg)  # type: ignore[arg-type]
     result: dict[str, Any] = {}
+    machine: dict[str, float] = {}
+    killer = threading.Timer(300, lg.kill)
+    killer.start()
     try:
-        out, _ = lg.communicate(timeout=300)
-        for line in out.splitlines():
+        assert lg.stdout is not None
+        t_load = 0.0
+        for line in lg.stdout:
             with contextlib.suppress(ValueError):
                 ev = json.loads(line)
-                if ev.get("event") == "result":
+                kind = ev.get("event")
+                if kind == "ramped":
+                    machine, t_load = machine_cpu(), time.monotonic()
+                elif kind == "hold_end" and machine:
+                    wall = time.monotonic() - t_load
+                    machine = {k: (v - machine[k]) / wall for k, v in machine_cpu().items()}
+                elif kind == "result":
                     result = ev
-    except subprocess.TimeoutExpired:
-        pass
     finally:
+        killer.cancel()
         procs.kill(tracked)
     if not result:
         print("[bench] concurrency: the direct arm gave no result", file=sys.stderr, flush=True)
@@ -999,7 +1029,7 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
             "loadgen_loop_lag_under_load_ms",
             "commands_completed",
         )
-    }
+    } | {"machine_hold_per_s": machine}
 
 
 def _sched_text(per_s: dict[str, float]) -> str:
@@ -1011,6 +1041,16 @@ def _sched_text(per_s: dict[str, float]) -> str:
         text += f", its loop waited for a CPU {per_s['runnable_wait_s'] * 100:.0f}% of the hold"
     switches = per_s.get("voluntary_ctxt_switches", 0) + per_s.get("nonvoluntary_ctxt_switches", 0)
     return text + f", {switches / 1000:.1f}k context switches/s"
+
+
+def _machine_text(per_s: dict[str, float]) -> str:
+    """The whole machine during the hold (see ``machine_cpu``)."""
+    if "busy_s" not in per_s:
+        return ""
+    return (
+        f"; machine busy {per_s['busy_s']:.2f} of {os.cpu_count()} cores, "
+        f"steal {per_s['steal_s'] * 100:.1f}% of a core"
+    )
 
 
 def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
@@ -1055,7 +1095,9 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         cipher="aes128-gcm",
         direct=(
             f"all {dfull.get('opened')} direct: echo p50 {fmt(decho.get('p50_ms'))} / "
-            f"p99 {fmt(decho.get('p99_ms'))} ms; "
+            f"p99 {fmt(decho.get('p99_ms'))} ms"
+            + _machine_text(dfull.get("machine_hold_per_s") or {})
+            + "; "
             if decho
             else ""
         )
@@ -1068,7 +1110,8 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         cpu=f"{res.get('gw_cpu_share_of_one_core', 0) * 100:.0f}% of a core",
         extra=f"{res['target_connections_at_load']} target conns, "
         f"loadgen lag p99 {fmt(lg['loadgen_loop_lag_under_load_ms']['p99_ms'])} ms"
-        + _sched_text(res.get("gw_hold_per_s", {})),
+        + _sched_text(res.get("gw_hold_per_s", {}))
+        + _machine_text(res.get("machine_hold_per_s", {})),
         ok=all(res["goals"].values()),
     )
     print(
