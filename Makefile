@@ -34,7 +34,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check config store recorder gateway tests bench
-	$(BIN)/mypy config store recorder gateway
+	$(BIN)/mypy config store recorder gateway bench
 
 bench: setup
 	$(BIN)/python -m bench.run

@@ -38,7 +38,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -137,8 +137,8 @@ async def open_session(conn: asyncssh.SSHClientConnection, slot: Slot, timeout: 
             conn.create_session(Session, term_type="xterm", term_size=(80, 24), encoding=None),
             timeout,
         )
-        slot.chan, slot.sess = chan, sess
-        await sess.wait_for(PROMPT, timeout)
+        slot.chan, slot.sess = chan, cast(Session, sess)
+        await slot.sess.wait_for(PROMPT, timeout)
         slot.open_s = time.monotonic() - t0
     except Exception as e:
         slot.error = f"{type(e).__name__}: {e}"[:300]

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the e2e harness: sshd, gateway, procs
@@ -385,7 +385,7 @@ def bench_pty(rig: Rig) -> None:
         opts = () if cipher == "default" else (f"Ciphers={cipher}",)
         # Recording variants (#6) with the client's default cipher only (time).
         variants = list(rig.gateways) if cipher == "default" else ["default"]
-        arms: dict[str, list[float]] = {"direct": []} | {v: [] for v in variants}
+        arms: dict[str, list[float]] = {v: [] for v in ("direct", *variants)}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         nbytes = 0
         for i in range(s.throughput_pairs):
@@ -477,7 +477,7 @@ def bench_bulk(rig: Rig) -> None:
             opts = () if cipher == "default" else (f"Ciphers={cipher}",)
             # Recording variants (#6) with the client's default cipher only.
             variants = list(rig.gateways) if cipher == "default" else ["default"]
-            arms: dict[str, list[float]] = {"direct": []} | {v: [] for v in variants}
+            arms: dict[str, list[float]] = {v: [] for v in ("direct", *variants)}
             cpu: dict[str, list[float]] = {v: [] for v in variants}
             for i in range(s.throughput_pairs):
                 names = ["direct", *variants]
@@ -531,9 +531,10 @@ async def _echo_session(
         agent_path=None,
         preferred_auth="publickey",
     )
-    chan, sess = await conn.create_session(
+    chan, session = await conn.create_session(
         _Echo, term_type="xterm", term_size=(80, 24), encoding=None
     )
+    sess = cast(_Echo, session)
     deadline = time.monotonic() + 15
     while b"# " not in sess.buf and b"$ " not in sess.buf:
         if time.monotonic() > deadline:
@@ -688,7 +689,7 @@ def bench_setup(rig: Rig) -> None:
             ratio=res[f"{kind}_ratio"],
             goal="<= 1.2x",
             cpu=f"{res['gw_cpu_ms_per_connection']:.0f} ms/conn" if kind == "pooled" else "",
-            ok=res[f"{kind}_ratio"] <= 1.2,
+            ok=(ratio := res[f"{kind}_ratio"]) is not None and ratio <= 1.2,
         )
 
 
@@ -1195,7 +1196,8 @@ async def _store_async(directory: Path, sizes: Sizes) -> dict[str, Any]:
         "--json",
     ]
     baseline = [sys.executable, "-c", "import gateway.cli"]
-    cli_times, base_times = [], []
+    cli_times: list[float] = []
+    base_times: list[float] = []
     for _ in range(5):
         for args, acc in ((cli, cli_times), (baseline, base_times)):
             t0 = time.perf_counter()
@@ -1297,26 +1299,20 @@ def bench_profile(rig: Rig) -> None:
     if not rig.bin_file.exists():
         make_binary_file(rig.bin_file, rig.sizes.bulk_mb)
     RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def twice(args: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(2):
+                run_stream(args)
+
+        return run
+
     cases: dict[str, Callable[[], None]] = {
-        "pty-chacha": lambda: (
-            [run_stream(rig.via().ssh_args(f"cat {rig.text_file}", tty=True)) for _ in range(2)]
-            and None
+        "pty-chacha": twice(rig.via().ssh_args(f"cat {rig.text_file}", tty=True)),
+        "pty-aesgcm": twice(
+            rig.via().with_options(f"Ciphers={AES}").ssh_args(f"cat {rig.text_file}", tty=True)
         ),
-        "pty-aesgcm": lambda: (
-            [
-                run_stream(
-                    rig.via()
-                    .with_options(f"Ciphers={AES}")
-                    .ssh_args(f"cat {rig.text_file}", tty=True)
-                )
-                for _ in range(2)
-            ]
-            and None
-        ),
-        "exec-download-chacha": lambda: (
-            [run_stream(rig.via().ssh_args(f"cat {rig.bin_file}", tty=False)) for _ in range(2)]
-            and None
-        ),
+        "exec-download-chacha": twice(rig.via().ssh_args(f"cat {rig.bin_file}", tty=False)),
         "echo": lambda: _run_async(_echo_async(rig)) and None,
     }
     summary: dict[str, Any] = {}

@@ -66,7 +66,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -286,9 +286,10 @@ class FarSide:
         self.conns.append(conn)
 
         async def one(j: int) -> tuple[asyncssh.SSHClientChannel[bytes], ClientSession]:
-            chan, sess = await conn.create_session(
+            chan, session = await conn.create_session(
                 ClientSession, term_type="xterm", term_size=(80, 24), encoding=None
             )
+            sess = cast(ClientSession, session)
             await sess.wait_for(PROMPT)
             sess.buf.clear()
             await type_command(chan, sess, f"hi-{base + j}")
@@ -925,7 +926,7 @@ def _try_intern_chars(_value: str) -> None:
     class InternedChar(Char):  # type: ignore[misc]
         __slots__ = ()
 
-        def _replace(self, **kw: Any) -> Char:
+        def _replace(self, **kw: Any) -> Char:  # type: ignore[override]
             data = kw.get("data")
             if data is not None and len(kw) == 1:
                 key = (self, data)
@@ -946,7 +947,7 @@ def _try_intern_chars(_value: str) -> None:
         reset(self)
         self.cursor.attrs = InternedChar(*self.cursor.attrs)  # pyte: Cursor(0, 0) -> Char(" ")
 
-    TrackedScreen.default_char = property(default_char)
+    TrackedScreen.default_char = property(default_char)  # type: ignore[method-assign,assignment]
     TrackedScreen.reset = interned_reset  # type: ignore[method-assign]
 
 
