@@ -865,10 +865,10 @@ def bench_concurrency(rig: Rig) -> None:
                 tree0 = {p: _cpu_or_none(p) for p in sshd.session_pids()}
                 lg0 = cpu_seconds(lg.pid)
                 spying = contextlib.ExitStack()
-                raw = RESULTS / "profile-concurrency.collapsed"
+                raw = rig.results_dir / "profile-concurrency.collapsed"
                 spy = find_py_spy() if rig.profile_hold else None
                 if spy is not None:
-                    RESULTS.mkdir(parents=True, exist_ok=True)
+                    rig.results_dir.mkdir(parents=True, exist_ok=True)
                     spying.enter_context(py_spy(spy, gpid, raw))
                 # Sample memory through the hold, once a second.
                 while True:
@@ -1289,7 +1289,8 @@ def bench_profile(rig: Rig) -> None:
         make_text_file(rig.text_file, rig.sizes.pty_mb)
     if not rig.bin_file.exists():
         make_binary_file(rig.bin_file, rig.sizes.bulk_mb)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = rig.results_dir
+    out.mkdir(parents=True, exist_ok=True)
 
     def twice(args: list[str]) -> Callable[[], None]:
         def run() -> None:
@@ -1308,7 +1309,7 @@ def bench_profile(rig: Rig) -> None:
     }
     summary: dict[str, Any] = {}
     for name, fn in cases.items():
-        raw = RESULTS / f"profile-{name}.collapsed"
+        raw = out / f"profile-{name}.collapsed"
         with py_spy(spy, rig.gw_pid(), raw):
             time.sleep(1.0)
             c0 = cpu_seconds(rig.gw_pid())
@@ -1320,7 +1321,7 @@ def bench_profile(rig: Rig) -> None:
             summary[name]["gateway_cpu_s"] = cpu
             print(f"\nprofile {name}: gateway CPU {cpu:.2f} s; {raw}")
             print_profile(summary[name])
-    (RESULTS / "profile-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "profile-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
@@ -1449,13 +1450,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the gateway during #1/#2/#3 instead of the benchmarks",
+        help="py-spy the gateway during #1/#2/#3 instead of the benchmarks (writes "
+        "profile-*.collapsed and profile-summary.json next to --out's file)",
     )
     ap.add_argument(
         "--profile-hold",
         action="store_true",
         help="#5 concurrency: py-spy the gateway through the hold (writes "
-        "bench/results/profile-concurrency.collapsed; adds the sampler's own load)",
+        "profile-concurrency.collapsed next to --out's file; adds the sampler's own load)",
     )
     ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
     ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
@@ -1467,7 +1469,12 @@ def main(argv: list[str] | None = None) -> int:
         "--type-every", type=float, help="#5 concurrency: seconds per typed command (5)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--out", type=Path, help="results file (default bench/results/latest.json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default bench/results/latest.json); concurrency.json and "
+        "profiles go next to it",
+    )
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.pairs:
