@@ -148,6 +148,21 @@ def machine_cpu() -> dict[str, float]:
     }
 
 
+def per_second(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """What each cumulative counter of ``sched_sample`` or ``machine_cpu`` did
+    per second between two samples ``seconds`` apart."""
+    return {k: (after[k] - before[k]) / seconds for k in after if k in before}
+
+
+def rotated(names: list[str], i: int) -> list[str]:
+    """Round ``i``'s order of the arms: each arm goes first in turn, so none
+    always runs on the machine the one before it left."""
+    k = i % len(names)
+    return names[k:] + names[:k]
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -389,8 +404,7 @@ def bench_pty(rig: Rig) -> None:
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         nbytes = 0
         for i in range(s.throughput_pairs):
-            order = ["direct", *variants]
-            for arm in order[i % len(order) :] + order[: i % len(order)]:
+            for arm in rotated(["direct", *variants], i):
                 client = rig.direct() if arm == "direct" else rig.via(arm)
                 args = client.with_options(*opts).ssh_args(cmd, tty=True)
                 c0 = cpu_seconds(rig.gw_pid(arm)) if arm != "direct" else 0.0
@@ -480,8 +494,7 @@ def bench_bulk(rig: Rig) -> None:
             arms: dict[str, list[float]] = {v: [] for v in ("direct", *variants)}
             cpu: dict[str, list[float]] = {v: [] for v in variants}
             for i in range(s.throughput_pairs):
-                names = ["direct", *variants]
-                for arm in names[i % len(names) :] + names[: i % len(names)]:
+                for arm in rotated(["direct", *variants], i):
                     client = (rig.direct() if arm == "direct" else rig.via(arm)).with_options(*opts)
                     c0 = cpu_seconds(rig.gw_pid(arm)) if arm != "direct" else 0.0
                     if direction == "download":
@@ -580,8 +593,7 @@ async def _echo_async(rig: Rig) -> dict[str, Any]:
     letters = b"abcdefghijklmnopqrstuvwxyz"
     for i in range(n):
         byte = letters[i % 26 : i % 26 + 1]
-        order = names[i % len(names) :] + names[: i % len(names)]
-        for a in order:
+        for a in rotated(names, i):
             samples[a].append(await _one_key(arms[a][1], arms[a][2], byte))
     cpu1 = {v: cpu_seconds(rig.gw_pid(v)) for v in rig.gateways}
     for conn, chan, _sess in arms.values():
@@ -895,13 +907,11 @@ def bench_concurrency(rig: Rig) -> None:
                 res["target_cpu_share_of_one_core"] = tree_cpu / hold_wall
                 res["loadgen_cpu_share_of_one_core"] = (cpu_seconds(lg.pid) - lg0) / hold_wall
                 # Per second of the hold: where the gateway's time went.
-                per_s = {k: (sched1[k] - sched0[k]) / hold_wall for k in sched1 if k in sched0}
+                per_s = per_second(sched0, sched1, hold_wall)
                 res["gw_hold_per_s"] = per_s
                 # The host's share: how busy both cores were, and what the
                 # hypervisor took (a noisy neighbour shows up here, not in ours).
-                res["machine_hold_per_s"] = {
-                    k: (machine1[k] - machine0[k]) / hold_wall for k in machine1
-                }
+                res["machine_hold_per_s"] = per_second(machine0, machine1, hold_wall)
                 res["gw_cpu_share_of_one_core"] = per_s["user_s"] + per_s["sys_s"]
                 res["gw_cpu_s_hold"] = res["gw_cpu_share_of_one_core"] * hold_wall
                 spying.close()
@@ -986,6 +996,7 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
     )
     tracked = procs.register(lg.pid, "bench load generator (direct arm)", lg)  # type: ignore[arg-type]
     result: dict[str, Any] = {}
+    machine0: dict[str, float] = {}
     machine: dict[str, float] = {}
     killer = threading.Timer(300, lg.kill)
     killer.start()
@@ -997,10 +1008,9 @@ def _direct_arm(sshd: TargetSshd, s: Sizes) -> dict[str, Any]:
                 ev = json.loads(line)
                 kind = ev.get("event")
                 if kind == "ramped":
-                    machine, t_load = machine_cpu(), time.monotonic()
-                elif kind == "hold_end" and machine:
-                    wall = time.monotonic() - t_load
-                    machine = {k: (v - machine[k]) / wall for k, v in machine_cpu().items()}
+                    machine0, t_load = machine_cpu(), time.monotonic()
+                elif kind == "hold_end" and machine0:
+                    machine = per_second(machine0, machine_cpu(), time.monotonic() - t_load)
                 elif kind == "result":
                     result = ev
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import FULL, Rig, _throughput_summary, recording_overhead
+from bench.run import FULL, Rig, _throughput_summary, per_second, recording_overhead, rotated
 
 
 def _rig(results: dict[str, object]) -> Rig:
@@ -79,3 +79,16 @@ def test_no_variants_measured_no_row() -> None:
     rig = _rig({"pty_throughput": {"default": {"default": {"ratio": 1.0}}}})
     recording_overhead(rig)
     assert rig.rows == []
+
+
+def test_each_arm_goes_first_once_per_cycle() -> None:
+    names = ["direct", "default", "rec_off"]
+    firsts = [rotated(names, i)[0] for i in range(6)]
+    assert firsts == names * 2
+    assert all(sorted(rotated(names, i)) == sorted(names) for i in range(6))
+
+
+def test_per_second_leaves_out_counters_missing_from_either_sample() -> None:
+    before = {"user_s": 10.0, "runnable_wait_s": 1.0}
+    after = {"user_s": 12.0, "sys_s": 5.0}
+    assert per_second(before, after, 4.0) == {"user_s": 0.5}
