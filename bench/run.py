@@ -15,6 +15,7 @@ also writes ``bench/results/concurrency.json``.
     python -m bench.run --only concurrency                  # #5 alone: ~5 min
     python -m bench.run --only concurrency --sessions 200   # #5, ~80 s
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
+    python -m bench.run --only concurrency --attribute   # #5 with the gateway's CPU per call
 
 Every process started here is tracked by pid (tests/harness/procs) and killed
 at exit, also on Ctrl-C, SIGTERM or failure.
@@ -327,6 +328,9 @@ class Rig:
     rows: list[dict[str, Any]] = field(default_factory=list)
     # --profile-hold: py-spy the gateway through #5's hold.
     profile_hold: bool = False
+    # --attribute: count the CPU time of the gateway's hot calls through the
+    # hold (bench/cpu_account.py).
+    attribute: bool = False
     # Where #5's concurrency.json goes: next to the results file.
     results_dir: Path = RESULTS
 
@@ -796,6 +800,10 @@ def bench_concurrency(rig: Rig) -> None:
         # the machine alone gives; the gateway's share is the difference.
         res["direct_full"] = _direct_arm(sshd, s)
         gw = GatewayProcess.create(d / "gw", {"t0": sshd}, users=(("alice", ("admin",)),))
+        account_file = d / "cpu-account.json"
+        if rig.attribute:
+            gw.command = (sys.executable, "-m", "bench.cpu_account")
+            gw.env = {"SHELLGATE_CPU_ACCOUNT": str(account_file), "PYTHONPATH": str(ROOT)}
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
         deadline = time.monotonic() + 300  # the whole benchmark stops by itself
@@ -869,6 +877,8 @@ def bench_concurrency(rig: Rig) -> None:
                 )
             elif kind == "ramped":
                 res["ramp_s"] = ev["ramp_s"]
+                if rig.attribute:
+                    os.kill(gpid, signal.SIGUSR1)  # the accounting window starts
                 sched0 = sched_sample(gpid)
                 machine0 = machine_cpu()
                 t_load = time.monotonic()
@@ -896,6 +906,8 @@ def bench_concurrency(rig: Rig) -> None:
                     lines.append(ev)
                     if ev["event"] == "hold_end":
                         break
+                if rig.attribute:
+                    os.kill(gpid, signal.SIGUSR2)  # ... and ends: the file is written
                 sched1 = sched_sample(gpid)
                 machine1 = machine_cpu()
                 hold_wall = time.monotonic() - t_load
@@ -919,6 +931,9 @@ def bench_concurrency(rig: Rig) -> None:
                     res["profile"] = summarize_collapsed(raw)
                     print(f"\nprofile of #5's hold: {raw}")
                     print_profile(res["profile"])
+                if rig.attribute:
+                    res["cpu_account"] = _read_account(account_file)
+                    print_account(res["cpu_account"])
                 fds_load = _fds(gpid)
                 samples.append(rss_kib(gpid))
             elif kind == "result":
@@ -956,6 +971,35 @@ def bench_concurrency(rig: Rig) -> None:
             gw.cleanup()
         sshd.cleanup()
     _conc_report(rig, res)
+
+
+def _read_account(path: Path, timeout: float = 10.0) -> dict[str, Any] | None:
+    """The window bench/cpu_account.py wrote on SIGUSR2 (None if it never came)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    return cast(dict[str, Any], json.loads(path.read_text()))
+
+
+def print_account(acc: dict[str, Any] | None) -> None:
+    """--attribute: where the gateway's CPU went in #5's hold."""
+    if not acc:
+        print("[bench] --attribute: the gateway wrote no CPU account", file=sys.stderr)
+        return
+    threads = acc["threads_cpu_per_s"]
+    print(
+        f"\nCPU of the gateway's hot calls through #5's hold ({acc['wall_s']:.0f} s; inclusive,"
+        f" thread CPU time; threads: "
+        + ", ".join(f"{k} {v * 100:.1f}%" for k, v in threads.items() if v >= 0.001)
+        + ")"
+    )
+    print("| call | % of a core | calls/s | us/call |")
+    print("|---|---|---|---|")
+    for name, c in sorted(acc["calls"].items(), key=lambda kv: -kv[1]["cpu_per_s"]):
+        us = "-" if c["us_per_call"] is None else f"{c['us_per_call']:.1f}"
+        print(f"| {name} | {c['cpu_per_s'] * 100:.1f} | {c['calls_per_s']:.0f} | {us} |")
 
 
 def _loadgen_args(s: Sizes, port: int, login: str, key: Path, *extra: str) -> list[str]:
@@ -1469,6 +1513,13 @@ def main(argv: list[str] | None = None) -> int:
         help="#5 concurrency: py-spy the gateway through the hold (writes "
         "profile-concurrency.collapsed next to --out's file; adds the sampler's own load)",
     )
+    ap.add_argument(
+        "--attribute",
+        action="store_true",
+        help="#5 concurrency: run the gateway under bench/cpu_account.py and print the "
+        "thread CPU time of its relay and recorder calls through the hold (in "
+        "concurrency.json as cpu_account; the wrappers add ~0.3 us a call)",
+    )
     ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
     ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
     ap.add_argument(
@@ -1525,6 +1576,7 @@ def main(argv: list[str] | None = None) -> int:
                 directory / "b",
             )
         rig.profile_hold = args.profile_hold
+        rig.attribute = args.attribute
         if args.out:
             rig.results_dir = args.out.parent
         if args.profile:

@@ -42,6 +42,8 @@ class GatewayProcess:
     gateway_toml: str = ""
     recording_toml: str = ""
     policies_toml: str | None = None
+    command: Sequence[str] = tuple(SHELLGATE)  # the bench's accounting launcher replaces it
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     port: int = 0
     popen: subprocess.Popen[bytes] | None = None
     tracked: procs.Tracked | None = None
@@ -107,11 +109,11 @@ class GatewayProcess:
         ready.unlink(missing_ok=True)
         log = open(self.directory / "gateway.log", "ab")  # noqa: SIM115 (outlives this call)
         self.popen = subprocess.Popen(
-            [*SHELLGATE, "serve", "--config", str(self.config_path), "--ready-file", str(ready)],
+            [*self.command, "serve", "--config", str(self.config_path), "--ready-file", str(ready)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
-            env={**os.environ, "HOME": str(self.directory)},
+            env={**os.environ, "HOME": str(self.directory), **self.env},
         )
         log.close()
         self.tracked = procs.register(self.popen.pid, "shellgate serve", self.popen)
