@@ -28,6 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 ACCOUNTED: tuple[tuple[str, str, str], ...] = (
+    # Every read from a client or a target: decryption, asyncssh's dispatch
+    # and everything below it (the two relay calls included). The daemon's
+    # main thread minus this is the loop itself: uvloop, timers, the flush
+    # and store tasks.
+    ("asyncssh.connection", "SSHConnection", "data_received"),
     ("gateway.live", "LiveConnection", "from_client"),  # the relay, client -> target
     ("gateway.live", "LiveConnection", "from_target"),  # the relay, target -> client
     ("gateway.recording", "SessionRecording", "input"),
@@ -116,6 +121,9 @@ def thread_cpu() -> dict[str, float]:
 def install(out_path: str) -> Accounts:
     """Wrap ``ACCOUNTED`` and hook the window signals."""
     accounts = Accounts()
+    from gateway import sshtune
+
+    sshtune.install()  # first: it replaces data_received, which is wrapped here
     for module, cls_name, name in ACCOUNTED:
         accounts.wrap(getattr(importlib.import_module(module), cls_name), name)
 
