@@ -139,6 +139,14 @@ _UNKNOWN, _ECHO, _NOECHO = 0, 1, 2
 _PASTE_START = b"\x1b[200~"
 _PASTE_END = b"\x1b[201~"
 _CURSOR_DOWN = re.compile(rb"\x1b\[[0-9]*B")
+_PLAIN_ROW = re.compile(rb"(?:[\x20-\x7e]|\x1b\[[0-9;]*m|\x1b\[\?2004[hl])*")
+"""A prompt row ``fast_lines`` can read without the emulator: printable ASCII,
+colours (SGR) and bash's bracketed-paste switch, none of which moves the
+cursor but the text."""
+_ROW_CODES = re.compile(rb"\x1b\[[0-9;]*m|\x1b\[\?2004[hl]")
+_ENTER_ECHO = re.compile(rb"(?:\x1b\[\?2004l)?\r*\n")
+"""What a shell prints for Enter at the end of a plain line (bash 5: bracketed
+paste off, CR, CR LF)."""
 _OSC133 = re.compile(rb"\x1b\]133;([A-Za-z])[^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
@@ -184,6 +192,10 @@ class CommandExtractor:
     """Take ``output``'s short path for the echo of the key a line waits for
     (tests turn it off to compare with the general path)."""
 
+    fast_lines = True
+    """Read a plain typed line without the emulator (``_start_fast``; tests
+    turn it off to compare with the emulator's reading)."""
+
     def __init__(self, cols: int, rows: int) -> None:
         self.cols = cols
         self.rows = rows
@@ -206,10 +218,14 @@ class CommandExtractor:
         self._last_was_cr = False
         self._last_input_t = 0.0
         self._out: list[ExtractorEvent] = []
+        # >= 0 while the line being read is a fast one: its prompt's width.
+        self._fast_x0 = -1
 
     # -- public API ------------------------------------------------------
 
     def resize(self, cols: int, rows: int) -> None:
+        if self._fast_x0 >= 0:
+            self._promote()
         self.cols, self.rows = cols, rows
         if self._screen is not None:
             self._screen.resize(rows, cols)
@@ -218,6 +234,11 @@ class CommandExtractor:
         """Target output at ``t``."""
         if not data:
             return ()
+        if self._fast_x0 >= 0:
+            done = self._fast_output(data)
+            if done is not None:
+                return done
+            self._promote()  # something else than the plain line's echo
         self._tail.append(data)
         if self._screen is None:
             self._alt.feed(data)
@@ -269,6 +290,24 @@ class CommandExtractor:
         if not data:
             return ()
         line = self._current
+        if self._fast_x0 >= 0 and (
+            line is None
+            or len(data) != 1
+            or self._in_carry
+            or self._in_paste
+            or not (0x20 <= data[0] < 0x7F or data[0] == 0x0D)
+        ):
+            self._promote()  # a key a plain line is not made of
+        elif (
+            line is None
+            and len(data) == 1
+            and 0x20 <= data[0] < 0x7F
+            and self._screen is None
+            and self.fast_lines
+            and not self._in_carry
+            and not self._in_paste
+        ):
+            line = self._start_fast()
         if line is not None and len(data) == 1 and not self._in_carry and not self._in_paste:
             b = data[0]
             if 0x20 <= b < 0x7F:
@@ -352,6 +391,8 @@ class CommandExtractor:
     def finish(self) -> Sequence[ExtractorEvent]:
         """At close: undecided input is dropped (it may be a secret); lines whose
         echo completed but whose newline never came are read as they stand."""
+        if self._fast_x0 >= 0:
+            self._promote()
         if self._screen is not None:
             while self._lines:
                 line = self._lines[0]
@@ -440,6 +481,86 @@ class CommandExtractor:
         if line.echo == _NOECHO:
             self._resolve(line)
         self._advance()
+
+    # -- plain lines, without the emulator -------------------------------
+
+    def _start_fast(self) -> _Line | None:
+        """At a line's first key, with nothing pending and the emulator let go:
+        if the tail ends in a plain prompt row (``_PLAIN_ROW``, after a CR LF,
+        narrower than the screen, not a password prompt), start the line
+        without re-engaging the emulator. While every key is a printable one
+        echoed byte for byte and Enter's echo is ``_ENTER_ECHO``, the line's
+        text is its keys: what the emulator would read off the row. Anything
+        else re-engages (``_promote``) and the line goes on the usual way."""
+        if self._lines or self._alt.alt or self._alt.carry:
+            return None
+        row, region = self._tail.replay(self.cols, self.rows)
+        if not row:
+            return None  # a replay from the top: the emulator is the judge
+        nl = region.rfind(b"\n")
+        if nl < 1 or region[nl - 1] != 0x0D:
+            return None
+        last = region[nl + 1 :]
+        if len(last) > 4 * self.cols or _PLAIN_ROW.fullmatch(last) is None:
+            return None
+        prompt = _ROW_CODES.sub(b"", last).decode("ascii")
+        if not 0 < len(prompt) < self.cols - 1 or PASSWORD_PROMPT.search(prompt):
+            return None
+        if b"\x1b]133;" in region:
+            return None  # a marked prompt: the emulator notes where it ends
+        line = _Line(clean=True, prompt=None, prompt_text=prompt)
+        if prompt.strip():
+            self._learned_prompt = prompt
+        self._current = line
+        self._lines.append(line)
+        self._settle = 0
+        self._fast_x0 = len(prompt)
+        return line
+
+    def _fast_output(self, data: bytes) -> Sequence[ExtractorEvent] | None:
+        """Output for a fast line: the echo of its next keys, or Enter's echo
+        (the line is read). None: not that, re-engage."""
+        line = self._lines[0]
+        needed = line.needed
+        k = line.matched
+        if line.entered is None:
+            n = len(data)
+            if (
+                k + n > len(needed)
+                or self._fast_x0 + k + n >= self.cols
+                or data != needed[k : k + n]
+                or self._alt.carry
+            ):
+                return None
+            self._tail.append(data)
+            line.matched = k + n
+            line.echo = _ECHO  # echoed before Enter
+            self._settle += n
+            return self._drain() if self._pieces or self._out else ()
+        m = _ENTER_ECHO.match(data)
+        if m is None or line.cancelled or line.echo != _ECHO or not line.echo_complete:
+            return None
+        self._tail.append(data)
+        self._alt.feed(data[: m.end()])
+        self._fast_x0 = -1
+        self._resolve(line)
+        self._accept(line.entered, needed.decode("ascii").rstrip())
+        self._advance()
+        self._alt.feed(data[m.end() :])
+        return self._drain()
+
+    def _promote(self) -> None:
+        """The fast line meets something else: re-engage the emulator from the
+        tail (the prompt and the keys echoed so far) and note where the line
+        starts, as its first key would have."""
+        x0, self._fast_x0 = self._fast_x0, -1
+        line = self._lines[0]
+        screen = self._engage()
+        y = screen.cursor.y + screen.scrolled
+        if screen.cursor.x == x0 + line.matched:
+            line.prompt = (y, x0)
+            if line.matched:
+                line.match_start = (y, x0)
 
     # -- output side -----------------------------------------------------
 

@@ -169,3 +169,22 @@ def test_short_echo_path_changes_nothing(path: Path, monkeypatch: pytest.MonkeyP
     short = [replay(case), replay(case, byte_at_a_time=True)]
     monkeypatch.setattr(CommandExtractor, "short_echo", False)
     assert [replay(case), replay(case, byte_at_a_time=True)] == short
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_fast_lines_change_nothing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain lines read without the emulator (``fast_lines``) give exactly
+    the events (commands, recordable input, their times) of the emulator's
+    reading: whole reads, byte at a time, and after scrollback (where the
+    tail's replay is cut and the fast path starts)."""
+    case = load(path)
+    scrolled = {**case, "events": [[0.0, "o", SCROLLBACK], *case["events"]]}
+    runs = lambda: [  # noqa: E731
+        replay(case),
+        replay(case, byte_at_a_time=True),
+        replay(scrolled),
+        replay(scrolled, byte_at_a_time=True),
+    ]
+    fast = runs()
+    monkeypatch.setattr(CommandExtractor, "fast_lines", False)
+    assert runs() == fast

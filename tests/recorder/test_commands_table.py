@@ -319,7 +319,13 @@ def test_reengage_after_resize() -> None:
     assert commands(out) == ["true", "echo a-rather-long-line"]
 
 
-def test_interactive_shell_holds_no_screen_between_lines() -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_lines", "emulator"])
+def test_interactive_shell_holds_no_screen_between_lines(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain lines after a prompt read without the emulator never make one;
+    # read with it, the screen is blanked and parked between lines.
+    monkeypatch.setattr(CommandExtractor, "fast_lines", fast)
     ex = CommandExtractor(80, 24)
     steps = [("o", SCROLL + PROMPT)]
     for k in range(5):
@@ -332,7 +338,10 @@ def test_interactive_shell_holds_no_screen_between_lines() -> None:
             if data == SCROLL + PROMPT:
                 continue  # (never engaged yet)
             parked = ex._parked
-            assert parked is not None and not parked[0].buffer  # blank, kept for the next line
+            if fast:
+                assert parked is None  # no emulator was ever needed
+            else:
+                assert parked is not None and not parked[0].buffer  # blank, kept for the next line
     assert commands(out) == [f"echo {k}" for k in range(5)]
     ex.finish()
     assert ex._screen is None and ex._parked is None
