@@ -57,6 +57,12 @@ keystroke after bulk output costs one replay of a few lines, at worst of
 output follows the resolved line (see ``SETTLE_BYTES``), so an idle shell
 holds no screen content.
 
+Plain lines skip even that (``fast_lines``): when the tail ends in a plain
+prompt row, a line whose keys are all printable and echoed byte for byte,
+ended by an Enter echoed as bash does, is read from its keys (what the
+emulator would read off the row). The first key that is anything else, or
+output that is not the awaited echo, re-engages from the tail as above.
+
 API::
 
     ex = CommandExtractor(cols, rows)
