@@ -526,6 +526,8 @@ class CommandExtractor:
     def _fast_output(self, data: bytes) -> Sequence[ExtractorEvent] | None:
         """Output for a fast line: the echo of its next keys, or Enter's echo
         (the line is read). None: not that, re-engage."""
+        if not self._lines:  # (cannot happen: a fast line is resolved only here)
+            return None
         line = self._lines[0]
         needed = line.needed
         k = line.matched
@@ -560,6 +562,8 @@ class CommandExtractor:
         tail (the prompt and the keys echoed so far) and note where the line
         starts, as its first key would have."""
         x0, self._fast_x0 = self._fast_x0, -1
+        if not self._lines:
+            return
         line = self._lines[0]
         screen = self._engage()
         y = screen.cursor.y + screen.scrolled
