@@ -296,36 +296,25 @@ class CommandExtractor:
         if not data:
             return ()
         line = self._current
-        if self._fast_x0 >= 0 and (
-            line is None
-            or len(data) != 1
-            or self._in_carry
-            or self._in_paste
-            or not (0x20 <= data[0] < 0x7F or data[0] == 0x0D)
-        ):
-            self._promote()  # a key a plain line is not made of
-        elif (
-            line is None
-            and len(data) == 1
-            and 0x20 <= data[0] < 0x7F
-            and self._screen is None
-            and self.fast_lines
-            and not self._in_carry
-            and not self._in_paste
-        ):
+        # One key on its own (-1: a longer read, or inside a paste or a
+        # split escape sequence): what the fast and short paths take.
+        key = data[0] if len(data) == 1 and not self._in_carry and not self._in_paste else -1
+        printable = 0x20 <= key < 0x7F
+        if self._fast_x0 >= 0:
+            if line is None or not (printable or key == 0x0D):
+                self._promote()  # a key a plain line is not made of
+        elif line is None and printable and self._screen is None and self.fast_lines:
             line = self._start_fast()
-        if line is not None and len(data) == 1 and not self._in_carry and not self._in_paste:
-            b = data[0]
-            if 0x20 <= b < 0x7F:
-                # One printable key inside a line (a typist): the loop below
-                # in short, and released at once when the line echoes.
-                self._last_input_t = t
-                self._last_was_cr = False
-                line.needed.append(b)
-                if line.echo == _ECHO and not self._pieces and not self._out:
-                    return (RecordableInput(t, data),)
-                self._pieces.append(_Piece(t, data, line))
-                return self._drain()
+        if line is not None and printable:
+            # One printable key inside a line (a typist): the loop below in
+            # short, and released at once when the line echoes.
+            self._last_input_t = t
+            self._last_was_cr = False
+            line.needed.append(key)
+            if line.echo == _ECHO and not self._pieces and not self._out:
+                return (RecordableInput(t, data),)
+            self._pieces.append(_Piece(t, data, line))
+            return self._drain()
         data = self._in_carry + data
         self._last_input_t = t
         self._in_carry = b""
@@ -519,7 +508,6 @@ class CommandExtractor:
             self._learned_prompt = prompt
         self._current = line
         self._lines.append(line)
-        self._settle = 0
         self._fast_x0 = len(prompt)
         return line
 
@@ -543,7 +531,6 @@ class CommandExtractor:
             self._tail.append(data)
             line.matched = k + n
             line.echo = _ECHO  # echoed before Enter
-            self._settle += n
             return self._drain() if self._pieces or self._out else ()
         m = _ENTER_ECHO.match(data)
         if m is None or line.cancelled or line.echo != _ECHO or not line.echo_complete:
