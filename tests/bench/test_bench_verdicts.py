@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import FULL, Rig, _throughput_summary, per_second, recording_overhead, rotated
+from bench.run import (
+    FULL,
+    Rig,
+    _conc_report,
+    _throughput_summary,
+    per_second,
+    recording_overhead,
+    rotated,
+)
 
 
 def _rig(results: dict[str, object]) -> Rig:
@@ -92,3 +100,67 @@ def test_per_second_leaves_out_counters_missing_from_either_sample() -> None:
     before = {"user_s": 10.0, "runnable_wait_s": 1.0}
     after = {"user_s": 12.0, "sys_s": 5.0}
     assert per_second(before, after, 4.0) == {"user_s": 0.5}
+
+
+def _echo(p50: float, p99: float, n: int = 1000) -> dict:
+    return {"n": n, "p50_ms": p50, "p90_ms": p99, "p99_ms": p99, "max_ms": p99}
+
+
+def _concurrency(
+    tmp_path: Path, gw_p99: float, hold_p99s: list[float], *, opened: int = 1000
+) -> Rig:
+    holds = {
+        "direct": [{"pair": i, "echo": _echo(1.0, 4.0)} for i in range(len(hold_p99s))],
+        "gateway": [{"pair": i, "echo": _echo(2.0, p)} for i, p in enumerate(hold_p99s)],
+    }
+    res = {
+        "sessions": 1000,
+        "pairs": 5,
+        "hold_s": 20.0,
+        "holds": holds,
+        "rss_per_session_kib": 40.0,
+        "casts_expected": opened + 1,
+        "target_connections_at_load": 101,
+        "gw_cpu_share_of_one_core": 0.5,
+        "cast_check": {"casts": opened + 1, "complete": opened + 1, "bad": []},
+        "loadgen": {
+            "sessions": 1000,
+            "streamers": 100,
+            "client_connections": 100,
+            "opened": opened,
+            "keystroke_timeouts": 0,
+            "echo_load": _echo(2.0, gw_p99),
+            "arms": {"direct": {"opened": 1000, "echo_load": _echo(1.0, 4.0)}},
+        },
+    }
+    rig = _rig({})
+    rig.results_dir = tmp_path
+    _conc_report(rig, res)
+    return rig
+
+
+@pytest.mark.parametrize(
+    ("gw_p99", "hold_p99s", "ok"),
+    [
+        (15.0, [12.0, 14.0, 15.0, 16.0, 13.0], True),
+        # One bad hold: its tail is in the pooled p99, which decides.
+        (26.0, [12.0, 14.0, 15.0, 90.0, 13.0], False),
+    ],
+)
+def test_concurrency_verdict_is_the_pooled_p99(
+    tmp_path: Path, gw_p99: float, hold_p99s: list[float], ok: bool
+) -> None:
+    rig = _concurrency(tmp_path, gw_p99, hold_p99s)
+    (row,) = rig.rows
+    assert row["ok"] is ok
+    assert rig.results["concurrency"]["echo_p99_added_ms"] == pytest.approx(gw_p99 - 4.0)
+    assert rig.results["concurrency"]["hold_p99_ms"]["gateway"] == hold_p99s
+    assert (tmp_path / "concurrency.json").exists()
+
+
+def test_concurrency_fails_when_a_hold_or_a_session_is_missing(tmp_path: Path) -> None:
+    rig = _concurrency(tmp_path, 10.0, [10.0, 10.0, 10.0, 10.0])  # 4 of 5 holds ran
+    assert rig.rows[0]["ok"] is False
+    assert rig.results["concurrency"]["goals"]["all_succeed"] is False
+    rig = _concurrency(tmp_path, 10.0, [10.0] * 5, opened=999)
+    assert rig.results["concurrency"]["goals"]["all_succeed"] is False
