@@ -53,6 +53,7 @@ import asyncssh  # noqa: E402
 from harness import procs  # noqa: E402
 from harness.env import clean_env  # noqa: E402
 from harness.gateway import GatewayProcess  # noqa: E402
+from harness.net import free_port  # noqa: E402
 from harness.ssh_client import SshClient  # noqa: E402
 from harness.sshd import TargetSshd  # noqa: E402
 
@@ -61,7 +62,7 @@ from gateway import sshtune  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AES = "aes128-gcm@openssh.com"
-NAMES = ("pty", "bulk", "echo", "setup", "store", "concurrency")
+NAMES = ("pty", "bulk", "echo", "setup", "store", "concurrency", "floor")
 
 # Recording variants (#6). "default" is the shipped config; it serves #1-#4.
 VARIANTS: dict[str, str] = {
@@ -1034,6 +1035,108 @@ def bench_concurrency(rig: Rig) -> None:
     _conc_report(rig, res)
 
 
+def bench_relay_floor(rig: Rig) -> None:
+    """#5's reference: the same paired load with a plain TCP relay
+    (bench/tcp_relay.py: uvloop, no SSH, no recording) where the gateway was.
+    What any relay costs on this machine in this hour; not a goal."""
+    s = rig.sizes
+    d = rig.directory / "floor"
+    d.mkdir(exist_ok=True)
+    sshd = TargetSshd(d / "sshd")
+    relay: subprocess.Popen[str] | None = None
+    lg: subprocess.Popen[str] | None = None
+    tracked: list[procs.Tracked] = []
+    holds: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+    result: dict[str, Any] = {}
+    try:
+        sshd.start()
+        port = free_port()
+        env = {**clean_env(), "PYTHONPATH": str(ROOT)}
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "bench.tcp_relay", str(port), str(sshd.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        tracked.append(procs.register(relay.pid, "bench tcp relay", relay))  # type: ignore[arg-type]
+        assert relay.stdout is not None
+        if relay.stdout.readline().strip() != "ready":
+            raise RuntimeError("the TCP relay did not start")
+        key = str(sshd.client_key.private)
+        lg = subprocess.Popen(
+            [
+                *_loadgen_args(s, port, "root", sshd.client_key.private),
+                *("--direct-port", str(sshd.port), "--direct-login", "root", "--direct-key", key),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        tracked.append(procs.register(lg.pid, "bench load generator (floor)", lg))  # type: ignore[arg-type]
+        killer = threading.Timer(_conc_deadline(s) + 30, lg.kill)
+        killer.start()
+        try:
+            assert lg.stdout is not None
+            for line in lg.stdout:
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(line)
+                kind = ev.get("event")
+                if kind == "hold_start":
+                    cpu0, machine0, t0 = cpu_seconds(relay.pid), machine_cpu(), time.monotonic()
+                elif kind == "hold_end":
+                    wall = time.monotonic() - t0
+                    rec = {
+                        "pair": ev["pair"],
+                        "echo": ev["echo"],
+                        "machine_hold_per_s": per_second(machine0, machine_cpu(), wall),
+                    }
+                    if ev["arm"] == "gateway":
+                        rec["relay_cpu_share_of_one_core"] = (cpu_seconds(relay.pid) - cpu0) / wall
+                    holds[ev["arm"]].append(rec)
+                elif kind == "result":
+                    result = ev
+        finally:
+            killer.cancel()
+    finally:
+        for t in tracked:
+            procs.kill(t)
+        sshd.cleanup()
+    if not result:
+        print("[bench] floor: the load generator gave no result", file=sys.stderr, flush=True)
+        return
+    arms = result["arms"]
+    relay_echo, direct_echo = arms["gateway"]["echo_load"], arms["direct"]["echo_load"]
+    cpu = _mean_of([h["relay_cpu_share_of_one_core"] for h in holds["gateway"]])
+    rig.results["relay_floor"] = {"holds": holds, "loadgen": result, "relay_cpu_share": cpu}
+    rig.row(
+        n="5",
+        bench=f"reference: #5's load through a plain TCP relay (bench/tcp_relay.py: uvloop, "
+        f"no SSH, no recording), {len(holds['gateway'])} A/B pairs",
+        cipher="aes128-gcm",
+        direct=f"echo p50 {_ms(direct_echo['p50_ms'])} / p99 {_ms(direct_echo['p99_ms'])} ms"
+        + _machine_text(_mean_of([h["machine_hold_per_s"] for h in holds["direct"]]) or {}),
+        gateway=f"relay: {arms['gateway']['opened']}/{result['sessions']} ok; echo p50 "
+        f"{_ms(relay_echo['p50_ms'])} / p99 {_ms(relay_echo['p99_ms'])} ms (per hold "
+        + ", ".join(_ms(h["echo"]["p99_ms"]) for h in holds["gateway"])
+        + ")"
+        + _machine_text(_mean_of([h["machine_hold_per_s"] for h in holds["gateway"]]) or {}),
+        ratio=None,
+        goal="(the floor, not a goal)",
+        cpu=f"relay {(cpu or 0) * 100:.0f}% of a core",
+        ok=None,
+    )
+    print(
+        f"[bench] floor: relay echo {relay_echo}; direct echo {direct_echo}; relay CPU {cpu}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -1633,6 +1736,7 @@ def main(argv: list[str] | None = None) -> int:
             "setup": bench_setup,
             "store": bench_store,
             "concurrency": bench_concurrency,
+            "floor": bench_relay_floor,
         }
         for name in NAMES:
             if name in only:
