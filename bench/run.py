@@ -9,11 +9,12 @@ the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
 (``latest-quick.json`` for ``--quick`` or ``--only`` runs); #5 concurrency
 also writes ``bench/results/concurrency.json``.
 
-    python -m bench.run                 # all seven, ~13 min on 2 cores (#5: ~5)
+    python -m bench.run                 # all seven and #5's floor, ~17 min on 2 cores
     python -m bench.run --quick         # 3 pairs, smaller sizes, #5 at 200: ~4 minutes
-    python -m bench.run --only echo     # pty | bulk | echo | setup | store | concurrency
+    python -m bench.run --only echo     # pty | bulk | echo | setup | store | concurrency | floor
     python -m bench.run --only concurrency                  # #5 alone: ~5 min
     python -m bench.run --only concurrency --sessions 200   # #5, ~3 min
+    python -m bench.run --only floor    # #5's load through a plain TCP relay: ~5 min
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
     python -m bench.run --only concurrency --attribute   # #5 with the gateway's CPU per call
 
