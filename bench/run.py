@@ -829,17 +829,12 @@ def bench_concurrency(rig: Rig) -> None:
             str(sshd.client_key.private),
             "--warmup",
         )
-        lg = subprocess.Popen(
+        lg, tracked = _bench_child(
             lg_args,
+            "bench load generator",
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
             stderr=open(d / "loadgen.stderr", "w"),  # noqa: SIM115
-            text=True,
-            cwd=ROOT,
-            env={**clean_env(), "PYTHONPATH": str(ROOT)},
-            start_new_session=True,
         )
-        tracked = procs.register(lg.pid, "bench load generator", lg)  # type: ignore[arg-type]
         lines: list[dict[str, Any]] = []
         import queue
 
@@ -1052,33 +1047,23 @@ def bench_relay_floor(rig: Rig) -> None:
     try:
         sshd.start()
         port = free_port()
-        env = {**clean_env(), "PYTHONPATH": str(ROOT)}
-        relay = subprocess.Popen(
+        relay, t = _bench_child(
             [sys.executable, "-m", "bench.tcp_relay", str(port), str(sshd.port)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+            "bench tcp relay",
         )
-        tracked.append(procs.register(relay.pid, "bench tcp relay", relay))  # type: ignore[arg-type]
+        tracked.append(t)
         assert relay.stdout is not None
         if relay.stdout.readline().strip() != "ready":
             raise RuntimeError("the TCP relay did not start")
         key = str(sshd.client_key.private)
-        lg = subprocess.Popen(
+        lg, t = _bench_child(
             [
                 *_loadgen_args(s, port, "root", sshd.client_key.private),
                 *("--direct-port", str(sshd.port), "--direct-login", "root", "--direct-key", key),
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+            "bench load generator (floor)",
         )
-        tracked.append(procs.register(lg.pid, "bench load generator (floor)", lg))  # type: ignore[arg-type]
+        tracked.append(t)
         killer = threading.Timer(_conc_deadline(s) + 30, lg.kill)
         killer.start()
         try:
@@ -1136,6 +1121,24 @@ def bench_relay_floor(rig: Rig) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _bench_child(
+    args: list[str], what: str, stdin: Any = None, stderr: Any = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[str], procs.Tracked]:
+    """A helper process of #5 (the load generator, the TCP relay): text
+    stdout piped, in its own session, tracked by pid so it is killed at exit."""
+    p = subprocess.Popen(
+        args,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=ROOT,
+        env={**clean_env(), "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
+    return p, procs.register(p.pid, what, p)  # type: ignore[arg-type]
 
 
 def _ms(v: float | None) -> str:
