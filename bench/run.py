@@ -814,23 +814,9 @@ def bench_concurrency(rig: Rig) -> None:
             gw.env = {"SHELLGATE_CPU_ACCOUNT": str(account_file), "PYTHONPATH": str(ROOT)}
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
-        lg_deadline = _conc_deadline(s)
-        deadline = time.monotonic() + lg_deadline + 30  # the whole benchmark stops by itself
-        lg_args = _loadgen_args(
-            s,
-            gw.port,
-            "root@t0",
-            gw.user("alice").key.private,
-            "--direct-port",
-            str(sshd.port),
-            "--direct-login",
-            "root",
-            "--direct-key",
-            str(sshd.client_key.private),
-            "--warmup",
-        )
+        deadline = time.monotonic() + _conc_deadline(s) + 30  # the benchmark stops by itself
         lg, tracked = _bench_child(
-            lg_args,
+            _loadgen_args(s, sshd, gw.port, "root@t0", gw.user("alice").key.private, "--warmup"),
             "bench load generator",
             stdin=subprocess.PIPE,
             stderr=open(d / "loadgen.stderr", "w"),  # noqa: SIM115
@@ -909,6 +895,7 @@ def bench_concurrency(rig: Rig) -> None:
                 per_s = per_second(sched0, sched_sample(gpid), wall)
                 rec["gw_hold_per_s"] = per_s
                 rec["gw_cpu_share_of_one_core"] = per_s["user_s"] + per_s["sys_s"]
+                rec["gw_cpu_s"] = rec["gw_cpu_share_of_one_core"] * wall
             # The host's share: how busy both cores were, and what the
             # hypervisor took (a noisy neighbour shows up here, not in ours).
             rec["machine_hold_per_s"] = per_second(machine0, machine_cpu(), wall)
@@ -992,14 +979,7 @@ def bench_concurrency(rig: Rig) -> None:
         res["direct_machine_hold_per_s"] = _mean_of(
             [h["machine_hold_per_s"] for h in holds["direct"]]
         )
-        res["gw_cpu_s_hold"] = sum(
-            h["gw_cpu_share_of_one_core"] * lp["hold_s"]
-            for h, lp in zip(
-                holds["gateway"],
-                [p for p in result["phases"] if p["arm"] == "gateway"],
-                strict=False,
-            )
-        )
+        res["gw_cpu_s_hold"] = sum(h["gw_cpu_s"] for h in holds["gateway"])
         res["target_connections_at_load"] = target_conns
         res["gw_fds_load"] = fds_load
         if samples:
@@ -1039,8 +1019,6 @@ def bench_relay_floor(rig: Rig) -> None:
     d = rig.directory / "floor"
     d.mkdir(exist_ok=True)
     sshd = TargetSshd(d / "sshd")
-    relay: subprocess.Popen[str] | None = None
-    lg: subprocess.Popen[str] | None = None
     tracked: list[procs.Tracked] = []
     holds: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     result: dict[str, Any] = {}
@@ -1055,12 +1033,8 @@ def bench_relay_floor(rig: Rig) -> None:
         assert relay.stdout is not None
         if relay.stdout.readline().strip() != "ready":
             raise RuntimeError("the TCP relay did not start")
-        key = str(sshd.client_key.private)
         lg, t = _bench_child(
-            [
-                *_loadgen_args(s, port, "root", sshd.client_key.private),
-                *("--direct-port", str(sshd.port), "--direct-login", "root", "--direct-key", key),
-            ],
+            _loadgen_args(s, sshd, port, "root", sshd.client_key.private),
             "bench load generator (floor)",
         )
         tracked.append(t)
@@ -1069,8 +1043,10 @@ def bench_relay_floor(rig: Rig) -> None:
         try:
             assert lg.stdout is not None
             for line in lg.stdout:
-                with contextlib.suppress(ValueError):
+                try:
                     ev = json.loads(line)
+                except ValueError:
+                    continue
                 kind = ev.get("event")
                 if kind == "hold_start":
                     cpu0, machine0, t0 = cpu_seconds(relay.pid), machine_cpu(), time.monotonic()
@@ -1183,8 +1159,11 @@ def print_account(acc: dict[str, Any] | None) -> None:
         print(f"| {name} | {c['cpu_per_s'] * 100:.1f} | {c['calls_per_s']:.0f} | {us} |")
 
 
-def _loadgen_args(s: Sizes, port: int, login: str, key: Path, *extra: str) -> list[str]:
-    """bench/loadgen.py's command line for #5's workload."""
+def _loadgen_args(
+    s: Sizes, sshd: TargetSshd, port: int, login: str, key: Path, *extra: str
+) -> list[str]:
+    """bench/loadgen.py's command line for #5's workload: the relayed fleet
+    through ``port`` as ``login`` with ``key``, the direct fleet to ``sshd``."""
     return [
         sys.executable,
         "-m",
@@ -1207,6 +1186,8 @@ def _loadgen_args(s: Sizes, port: int, login: str, key: Path, *extra: str) -> li
         str(s.conc_type_every),
         "--deadline",
         str(_conc_deadline(s)),
+        *("--direct-port", str(sshd.port), "--direct-login", "root"),
+        *("--direct-key", str(sshd.client_key.private)),
         *extra,
     ]
 
