@@ -5,7 +5,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := openssh-server openssh-client tmux vim less
+# gcc, libssl-dev, python3-dev: setup.py builds gateway/_wire.c (C AES-GCM for the relay)
+APT_PKGS := openssh-server openssh-client tmux vim less gcc libssl-dev python3-dev
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps demo test lint typecheck bench soak clean
@@ -20,7 +21,7 @@ system-deps:
 	fi; \
 	mkdir -p /run/sshd
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py gateway/_wire.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

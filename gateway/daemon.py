@@ -194,6 +194,7 @@ class Gateway:
             listen=f"{g.listen_host}:{self.port}",
             config=self.config_path or "<embedded default>",
             data_dir=str(self.data_dir),
+            native_packet_crypto=sshtune.native(),  # gateway._wire built and on
         )
 
     async def _repair_orphan_casts(self) -> None:

@@ -51,6 +51,17 @@ async def _process(process: asyncssh.SSHServerProcess[bytes]) -> None:
         process.exit(0)
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def packet_crypto(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: AES-GCM packets sealed and opened by
+    gateway._wire (C), and by the pure-Python path it replaces."""
+    if request.param == "python":
+        monkeypatch.setattr(sshtune, "_wire", None)
+    else:
+        assert sshtune.native(), "gateway._wire is not built (make setup builds it)"
+    return str(request.param)
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Any]:
     sshtune.install()
@@ -170,6 +181,25 @@ class _Counted:
         monkeypatch.setattr(connection, "SSHPacket", CountedPacket)
         monkeypatch.setattr(channel.SSHChannel, "_flush_send_buf", counted_flush)
 
+        # and the packets gateway._wire seals and opens (when it is in use)
+        self.sealed_in_c = 0
+        self.opened_in_c = 0
+        wire = sshtune._wire
+        if wire is not None:
+
+            class CountedWire:
+                @staticmethod
+                def seal_data(*args: Any) -> bytes:
+                    counter.sealed_in_c += 1
+                    return bytes(wire.seal_data(*args))
+
+                @staticmethod
+                def open_packet(*args: Any) -> bytes | None:
+                    counter.opened_in_c += 1
+                    return wire.open_packet(*args)  # type: ignore[no-any-return]
+
+            monkeypatch.setattr(sshtune, "_wire", CountedWire)
+
 
 async def _echo_exactly(conn: asyncssh.SSHClientConnection, chunks: list[bytes]) -> bytes:
     """Write ``chunks`` one write each to an echoing channel; what came back."""
@@ -201,7 +231,7 @@ def _mixed_chunks() -> list[bytes]:
 
 @pytest.mark.parametrize("cipher", [GCM, CHACHA], ids=["aes-gcm", "chacha20"])
 async def test_channel_data_takes_the_direct_path_and_arrives_exactly(
-    server: Any, monkeypatch: pytest.MonkeyPatch, cipher: list[str]
+    server: Any, monkeypatch: pytest.MonkeyPatch, cipher: list[str], packet_crypto: str
 ) -> None:
     """Keystroke-sized data skips asyncssh's send buffer (and with AES-GCM its
     packet objects);
@@ -219,6 +249,11 @@ async def test_channel_data_takes_the_direct_path_and_arrives_exactly(
     assert counted.buffered < 200, counted.buffered
     if cipher == GCM:
         assert counted.parsed < 200, counted.parsed
+        if packet_crypto == "native":  # most of the 350 one-byte writes, at least
+            assert counted.sealed_in_c >= 300, counted.sealed_in_c
+            assert counted.opened_in_c >= 300, counted.opened_in_c
+        else:
+            assert counted.sealed_in_c == counted.opened_in_c == 0
     else:
         assert counted.parsed > 350, counted.parsed  # every one-byte write, at least
 

@@ -1,0 +1,19 @@
+"""The one compiled part: gateway/_wire.c (AES-GCM packet sealing for the
+relay, linked against the system's OpenSSL libcrypto). It is optional: when
+it cannot be built (no compiler, no libssl-dev), the install still succeeds
+and gateway.sshtune uses its pure-Python path. Everything else is in
+pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "gateway._wire",
+            ["gateway/_wire.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        )
+    ]
+)
