@@ -327,6 +327,9 @@ class OutputTail:
         self._scanned = 0  # bytes looked at
         self._marker = -1  # start of the last resync_start marker
         self._uncuttable = -1  # end of the last sequence engage_replay must not cut across
+        # The last replay, for the same tail and arguments: a line that is not
+        # plain asks twice at its first key (``_start_fast``, then ``_engage``).
+        self._last_replay: tuple[tuple[int, int, int, int], tuple[int, bytes]] | None = None
 
     def append(self, data: bytes) -> None:
         self.total += len(data)
@@ -349,6 +352,7 @@ class OutputTail:
     def clear(self) -> None:
         self._chunks = []
         self._size = 0
+        self._last_replay = None
 
     def get(self) -> bytes:
         joined = b"".join(self._chunks)
@@ -362,6 +366,15 @@ class OutputTail:
         printed since, not a scan of the whole tail."""
         if keep is None:
             keep = ENGAGE_LINES
+        key = (self.total, columns, lines, keep)
+        last = self._last_replay
+        if last is not None and last[0] == key:
+            return last[1]
+        result = self._replay(columns, lines, keep)
+        self._last_replay = (key, result)
+        return result
+
+    def _replay(self, columns: int, lines: int, keep: int) -> tuple[int, bytes]:
         tail = self.get()
         start = self.total - len(tail)  # stream offset of tail[0]
         self._scan(tail, start)

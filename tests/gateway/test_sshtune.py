@@ -389,3 +389,28 @@ async def test_send_buffer_flushes_take_the_direct_path_and_arrive_exactly(
     # each way; the client's went out of the direct flush but for the few
     # around each of the two rekeys (65 went through asyncssh without it)
     assert sent_by_asyncssh < 20, sent_by_asyncssh
+
+
+async def test_a_forged_packet_after_auth_closes_that_connection_only(server: Any) -> None:
+    """A packet whose tag does not verify, on a connection in the direct
+    receive loop's steady state: the loop refuses it, asyncssh's own path
+    raises its MAC error and disconnects that peer; the nonce was left as it
+    was, so nothing was delivered, and the server serves the next client."""
+    async with await _connect(server) as conn:
+        got = await _echo_exactly(conn, [b"a", b"b"])
+        assert got == b"ab"
+        victim = SERVER_CONNS[-1]
+        received: list[bytes] = []
+        session = next(iter(victim._channels.values()))._session
+        original = session.data_received
+        session.data_received = lambda data, datatype: (  # type: ignore[method-assign]
+            received.append(data),
+            original(data, datatype),
+        )
+        forged = (48).to_bytes(4, "big") + bytes(range(48)) + bytes(16)
+        conn._transport.write(forged)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert victim._transport is None, "the server kept a connection that sent a forged packet"
+        assert received == []
+    async with await _connect(server) as conn2:
+        assert await _echo_exactly(conn2, [b"still here"]) == b"still here"

@@ -126,6 +126,21 @@ def test_incremental_scan_sees_a_split_sequence() -> None:
     assert tail.replay(80, 24)[0] == 23
 
 
+def test_a_second_replay_of_the_same_tail_is_the_first_answer() -> None:
+    """A line that is not plain asks at its first key twice (the fast line's
+    check, then the engage): the second answer is the first, not a rescan;
+    anything that changes the tail or the arguments asks again."""
+    tail = OutputTail(TAIL_BYTES)
+    tail.append(LINES)
+    first = tail.replay(80, 24)
+    assert tail.replay(80, 24) is first
+    assert tail.replay(100, 24) == engage_replay(tail.get(), 100, 24)
+    tail.append(P)
+    assert tail.replay(80, 24) == engage_replay(tail.get(), 80, 24) != first
+    tail.clear()
+    assert tail.replay(80, 24) == engage_replay(b"", 80, 24)
+
+
 def test_corpus_is_mostly_cut() -> None:
     """After some scrollback the cheap path is the common one on the corpus
     (not a test of correctness: that the cut is exercised at all)."""
