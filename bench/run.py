@@ -71,6 +71,9 @@ VARIANTS: dict[str, str] = {
     "output_only": 'input = "off"',
     "rec_off": "enabled = false",
 }
+# #3 also runs the shipped config with the relay's AES-GCM packets in Python
+# (gateway/_wire.c off): what the C path saves, measured in the same run.
+PY_CRYPTO = "py_crypto"
 
 
 @dataclass
@@ -208,6 +211,7 @@ def machine() -> dict[str, Any]:
         "asyncssh": asyncssh.__version__,
         "uvloop": uv,
         "cryptography": crypto,
+        "native_packet_crypto": sshtune.native(),  # gateway/_wire.c built and on
         "openssh": ssh_v,
         "kernel": platform.release(),
     }
@@ -364,20 +368,24 @@ class Rig:
         self.rows.append(kw)
 
 
-def start_rig(directory: Path, sizes: Sizes, variants: list[str], cold: int) -> Rig:
+def start_rig(
+    directory: Path, sizes: Sizes, variants: list[str], cold: int, py_crypto: bool = False
+) -> Rig:
     sshd = TargetSshd(directory / "sshd")
     sshd.start()
     # The gateway needs to open as many channels as we run at once; targets
     # c1..cN point at the same sshd and are used once each: a cold pool.
     targets = {"t0": sshd, **{f"c{i}": sshd for i in range(1, cold + 1)}}
     gateways: dict[str, GatewayProcess] = {}
-    for v in variants:
+    for v in [*variants, PY_CRYPTO] if py_crypto else variants:
         gw = GatewayProcess.create(
             directory / f"gw-{v}",
             targets,
             users=(("alice", ("admin",)),),
-            recording_toml=VARIANTS[v],
+            recording_toml=VARIANTS.get(v, ""),
         )
+        if v == PY_CRYPTO:
+            gw.env["SHELLGATE_NATIVE"] = "0"
         # GatewayProcess.write_config writes one [[targets]] per dict entry
         # via sshd.target_toml(name).
         gw.start()
@@ -397,6 +405,11 @@ def stop_rig(rig: Rig | None) -> None:
     rig.sshd.cleanup()
 
 
+def _recording_variants(rig: Rig) -> list[str]:
+    """The rig's gateways that #1, #2 and #6 compare (not #3's py_crypto)."""
+    return [v for v in rig.gateways if v in VARIANTS]
+
+
 # -- #1 pty output throughput and #6 recording overhead ----------------------------
 
 
@@ -409,7 +422,7 @@ def bench_pty(rig: Rig) -> None:
     for cipher in ("default", AES):
         opts = () if cipher == "default" else (f"Ciphers={cipher}",)
         # Recording variants (#6) with the client's default cipher only (time).
-        variants = list(rig.gateways) if cipher == "default" else ["default"]
+        variants = _recording_variants(rig) if cipher == "default" else ["default"]
         arms: dict[str, list[float]] = {v: [] for v in ("direct", *variants)}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         nbytes = 0
@@ -500,7 +513,7 @@ def bench_bulk(rig: Rig) -> None:
         for cipher in ("default", AES):
             opts = () if cipher == "default" else (f"Ciphers={cipher}",)
             # Recording variants (#6) with the client's default cipher only.
-            variants = list(rig.gateways) if cipher == "default" else ["default"]
+            variants = _recording_variants(rig) if cipher == "default" else ["default"]
             arms: dict[str, list[float]] = {v: [] for v in ("direct", *variants)}
             cpu: dict[str, list[float]] = {v: [] for v in variants}
             for i in range(s.throughput_pairs):
@@ -641,6 +654,22 @@ def bench_echo(rig: Rig) -> None:
     rig.results["echo_latency"] = res
     for v in rig.gateways:
         r = res[v]
+        if v == PY_CRYPTO:
+            native = res["default"]["cpu_s_per_1000_keys"]
+            rig.row(
+                n="3",
+                bench=f"echo latency, {res['samples']} keys [AES-GCM packets in Python]",
+                cipher="asyncssh default",
+                direct=f"p50 {res['direct_p50_us']:.0f} / p99 {res['direct_p99_us']:.0f} us",
+                gateway=f"p50 {r['p50_us']:.0f} / p99 {r['p99_us']:.0f} us",
+                ratio=r["p50_us"] / res["direct_p50_us"],
+                goal="(reference: gateway/_wire.c off)",
+                cpu=f"{r['cpu_s_per_1000_keys']:.3f} s/1k keys",
+                extra=f"added p50 {r['added_p50_us']:.0f} us, p99 {r['added_p99_us']:.0f} us; "
+                f"the C path uses {native / r['cpu_s_per_1000_keys']:.2f}x its CPU per key",
+                ok=None,
+            )
+            continue
         rig.row(
             n="3" if v == "default" else "6",
             bench=f"echo latency, {res['samples']} keys" + ("" if v == "default" else f" [{v}]"),
@@ -1697,7 +1726,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.profile and any(n in only for n in ("pty", "bulk", "echo")):
             variants = list(VARIANTS)
         if need_gw:
-            rig = start_rig(directory, sizes, variants, sizes.cold_runs)
+            py_crypto = not args.profile and "echo" in only and sshtune.native()
+            rig = start_rig(directory, sizes, variants, sizes.cold_runs, py_crypto)
         else:
             rig = Rig(
                 directory,
