@@ -341,6 +341,8 @@ class Rig:
     # --attribute: count the CPU time of the gateway's hot calls through the
     # hold (bench/cpu_account.py).
     attribute: bool = False
+    # --conc-py-crypto: #5's gateway with its AES-GCM packets in Python.
+    conc_py_crypto: bool = False
     # Where #5's concurrency.json goes: next to the results file.
     results_dir: Path = RESULTS
 
@@ -841,6 +843,10 @@ def bench_concurrency(rig: Rig) -> None:
         if rig.attribute:
             gw.command = (sys.executable, "-m", "bench.cpu_account")
             gw.env = {"SHELLGATE_CPU_ACCOUNT": str(account_file), "PYTHONPATH": str(ROOT)}
+        if rig.conc_py_crypto:
+            gw.env["SHELLGATE_NATIVE"] = "0"
+        in_c = sshtune.native() and not rig.conc_py_crypto
+        res["gateway_packet_crypto"] = "c" if in_c else "python"
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
         deadline = time.monotonic() + _conc_deadline(s) + 30  # the benchmark stops by itself
@@ -1674,6 +1680,12 @@ def main(argv: list[str] | None = None) -> int:
         "thread CPU time of its relay and recorder calls through the hold (in "
         "concurrency.json as cpu_account; the wrappers add ~0.3 us a call)",
     )
+    ap.add_argument(
+        "--conc-py-crypto",
+        action="store_true",
+        help="#5 concurrency: the gateway with its AES-GCM packets in Python "
+        "(SHELLGATE_NATIVE=0 for the daemon only; the load generator is unchanged)",
+    )
     ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
     ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
     ap.add_argument(
@@ -1739,6 +1751,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         rig.profile_hold = args.profile_hold
         rig.attribute = args.attribute
+        rig.conc_py_crypto = args.conc_py_crypto
         if args.out:
             rig.results_dir = args.out.parent
         if args.profile:
