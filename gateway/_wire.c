@@ -176,6 +176,32 @@ static int padding(unsigned char *out, size_t n) {
     return 0;
 }
 
+/* One AES-GCM pass with ``gk``: ``len`` bytes from ``in`` to ``out`` (may
+ * be the same), the 4-byte length ``hdr`` as associated data. Sealing writes
+ * the tag to ``tag``; opening checks it. 1: done; 0: the tag did not verify;
+ * -1: OpenSSL failed (an exception is set). */
+static int gcm_pass(GcmKey *gk, const unsigned char *iv, const unsigned char *hdr,
+                    const unsigned char *in, unsigned char *out, int len,
+                    unsigned char *tag, int sealing) {
+    int outl;
+    if (!EVP_CipherInit_ex(gk->ctx, NULL, NULL, NULL, iv, sealing) ||
+        !EVP_CipherUpdate(gk->ctx, NULL, &outl, hdr, 4) ||
+        !EVP_CipherUpdate(gk->ctx, out, &outl, in, len) ||
+        (!sealing && !EVP_CIPHER_CTX_ctrl(gk->ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag)))
+        goto failed;
+    if (EVP_CipherFinal_ex(gk->ctx, out + len, &outl) <= 0) {
+        if (!sealing)
+            return 0;
+        goto failed;
+    }
+    if (sealing && !EVP_CIPHER_CTX_ctrl(gk->ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag))
+        goto failed;
+    return 1;
+failed:
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL AES-GCM failed");
+    return -1;
+}
+
 static int as_long(PyObject *o, long *out, const char *what) {
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred())
@@ -244,16 +270,8 @@ static PyObject *seal_data(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     memcpy(body + 10, data.buf, (size_t)n);
     if (padding(body + 10 + n, (size_t)padlen) < 0)
         goto fail;
-    int outl;
-    if (!EVP_CipherInit_ex(gk->ctx, NULL, NULL, NULL, iv, 1) ||
-        !EVP_CipherUpdate(gk->ctx, NULL, &outl, p, 4) ||
-        !EVP_CipherUpdate(gk->ctx, body, &outl, body, (int)pktlen) ||
-        !EVP_CipherFinal_ex(gk->ctx, body + pktlen, &outl) ||
-        !EVP_CIPHER_CTX_ctrl(gk->ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, body + pktlen)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL AES-GCM seal failed");
-        goto fail;
-    }
-    if (step_iv(cipher, iv) < 0)
+    if (gcm_pass(gk, iv, p, body, body, (int)pktlen, body + pktlen, 1) < 1 ||
+        step_iv(cipher, iv) < 0)
         goto fail;
     goto done;
 fail:
@@ -303,23 +321,14 @@ static PyObject *open_packet(PyObject *mod, PyObject *const *args, Py_ssize_t na
     unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(out);
     unsigned char tag[TAG_LEN];
     memcpy(tag, p + 4 + clen, TAG_LEN);
-    int outl;
-    if (!EVP_CipherInit_ex(gk->ctx, NULL, NULL, NULL, iv, 0) ||
-        !EVP_CipherUpdate(gk->ctx, NULL, &outl, p, 4) ||
-        !EVP_CipherUpdate(gk->ctx, plain, &outl, p + 4, (int)clen) ||
-        !EVP_CIPHER_CTX_ctrl(gk->ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL AES-GCM open failed");
-        Py_CLEAR(out);
-        goto done;
-    }
-    if (EVP_CipherFinal_ex(gk->ctx, plain + clen, &outl) <= 0) {
-        Py_CLEAR(out); /* the tag did not verify */
+    int opened = gcm_pass(gk, iv, p, p + 4, plain, (int)clen, tag, 0);
+    if (opened == 0) {
+        Py_DECREF(out); /* the tag did not verify */
         Py_INCREF(Py_None);
         out = Py_None;
-        goto done;
-    }
-    if (step_iv(cipher, iv) < 0)
+    } else if (opened < 0 || step_iv(cipher, iv) < 0) {
         Py_CLEAR(out);
+    }
 done:
     Py_XDECREF(gk);
     PyBuffer_Release(&buf);
