@@ -17,6 +17,7 @@ also writes ``bench/results/concurrency.json``.
     python -m bench.run --only floor    # #5's load through a plain TCP relay: ~5 min
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
     python -m bench.run --only concurrency --attribute   # #5 with the gateway's CPU per call
+    python -m bench.run --only concurrency --conc-py-crypto  # #5, gateway/_wire.c off
 
 Every process started here is tracked by pid (tests/harness/procs) and killed
 at exit, also on Ctrl-C, SIGTERM or failure.
