@@ -120,6 +120,8 @@ _GCM_OVERHEAD = 4 + 16  # the length field and the tag, around the packet
 def native() -> bool:
     """Whether the relay seals and opens AES-GCM packets in C (gateway._wire)."""
     return _wire is not None
+
+
 # A read this big may have filled uvloop's read buffer (256 KiB), after which
 # libuv would read the same socket again within this loop turn.
 FAIR_READ_BYTES = 32 * 1024
@@ -559,15 +561,9 @@ def _install_data_fast_path() -> None:
             n = len(data)
         pktsize = self._send_pktsize
         wire: list[bytes] = []
-        if n <= pktsize and type(enc) is gcm_enc and _wire is not None:
-            sealed = _wire.seal_data(
-                enc._cipher, self._send_chan, data, conn._send_blocksize, conn._send_enchdrlen
-            )
-            conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
-            conn._rekey_bytes_sent += len(sealed) - _GCM_OVERHEAD
-            wire.append(sealed)
-        elif n <= pktsize and type(enc) is gcm_enc:
-            # _seal_data inlined for the keystroke-sized case (four calls)
+        if n <= pktsize and type(enc) is gcm_enc and _wire is None:
+            # _seal_data's Python path inlined for the keystroke-sized case
+            # (four calls; with gateway._wire, _seal_data is one C call)
             blocksize = conn._send_blocksize
             padlen = -(conn._send_enchdrlen + 9 + n) % blocksize
             if padlen < 4:
