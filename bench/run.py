@@ -344,6 +344,8 @@ class Rig:
     attribute: bool = False
     # --conc-py-crypto: #5's gateway with its AES-GCM packets in Python.
     conc_py_crypto: bool = False
+    # --conc-recording: #5's gateway with one of #6's recording variants.
+    conc_recording: str = "default"
     # Where #5's concurrency.json goes: next to the results file.
     results_dir: Path = RESULTS
 
@@ -839,7 +841,13 @@ def bench_concurrency(rig: Rig) -> None:
     holds: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     try:
         sshd.start()
-        gw = GatewayProcess.create(d / "gw", {"t0": sshd}, users=(("alice", ("admin",)),))
+        gw = GatewayProcess.create(
+            d / "gw",
+            {"t0": sshd},
+            users=(("alice", ("admin",)),),
+            recording_toml=VARIANTS[rig.conc_recording],
+        )
+        res["gateway_recording"] = rig.conc_recording
         account_file = d / "cpu-account.json"
         if rig.attribute:
             gw.command = (sys.executable, "-m", "bench.cpu_account")
@@ -1309,7 +1317,12 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         n="5",
         bench=f"concurrency: {lg['sessions']} pty sessions ({lg['streamers']} streaming), "
         f"{lg['client_connections']} client conns, {len(gw_p99s)} A/B pairs of "
-        f"{res['hold_s']:g} s holds",
+        f"{res['hold_s']:g} s holds"
+        + "".join(
+            f" [{k}: {res[k]}]"
+            for k, shipped in (("gateway_recording", "default"), ("gateway_packet_crypto", "c"))
+            if res.get(k, shipped) != shipped
+        ),
         cipher="aes128-gcm",
         direct=(
             f"all {direct.get('opened')} direct: echo p50 {_ms(decho.get('p50_ms'))} / "
@@ -1687,6 +1700,13 @@ def main(argv: list[str] | None = None) -> int:
         help="#5 concurrency: the gateway with its AES-GCM packets in Python "
         "(SHELLGATE_NATIVE=0 for the daemon only; the load generator is unchanged)",
     )
+    ap.add_argument(
+        "--conc-recording",
+        choices=list(VARIANTS),
+        default="default",
+        help="#5 concurrency: the gateway's recording (#6's variants; default: as shipped). "
+        "The verdict needs every cast complete, so rec_off fails that part by design",
+    )
     ap.add_argument("--pty-mb", type=int, help="size of the pty cat file (MB)")
     ap.add_argument("--bulk-mb", type=int, help="size of the exec cat file (MB)")
     ap.add_argument(
@@ -1753,6 +1773,7 @@ def main(argv: list[str] | None = None) -> int:
         rig.profile_hold = args.profile_hold
         rig.attribute = args.attribute
         rig.conc_py_crypto = args.conc_py_crypto
+        rig.conc_recording = args.conc_recording
         if args.out:
             rig.results_dir = args.out.parent
         if args.profile:
