@@ -18,6 +18,7 @@ also writes ``bench/results/concurrency.json``.
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
     python -m bench.run --only concurrency --attribute   # #5 with the gateway's CPU per call
     python -m bench.run --only concurrency --conc-py-crypto  # #5, gateway/_wire.c off
+    python -m bench.run --only concurrency --conc-recording rec_off  # #5, recording off
 
 Every process started here is tracked by pid (tests/harness/procs) and killed
 at exit, also on Ctrl-C, SIGTERM or failure.
