@@ -186,7 +186,33 @@ def pct(xs: list[float], p: float) -> float | None:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
+def wakeup_cost() -> dict[str, Any] | None:
+    """``bench.wakeup``'s round trips across two CPUs (~1 s), or None."""
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "bench.wakeup"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            env={**clean_env(), "PYTHONPATH": str(ROOT)},
+        )
+        return cast(dict[str, Any], json.loads(r.stdout))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+_machine: dict[str, Any] = {}
+
+
 def machine() -> dict[str, Any]:
+    """The machine's facts, measured once per run."""
+    if not _machine:
+        _machine.update(_machine_facts())
+    return _machine
+
+
+def _machine_facts() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -216,6 +242,7 @@ def machine() -> dict[str, Any]:
         "native_packet_crypto": sshtune.native(),  # gateway/_wire.c built and on
         "openssh": ssh_v,
         "kernel": platform.release(),
+        "wakeup_round_trip": wakeup_cost(),
     }
 
 
@@ -1802,6 +1829,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{sizes.pairs} pairs ({sizes.throughput_pairs} for throughput); "
             f"{time.monotonic() - started:.0f} s"
         )
+        wake = info.get("wakeup_round_trip") or {}
+        if "blocking_p50_us" in wake:
+            print(
+                f"wake-ups (bench/wakeup.py): a one-byte round trip between two processes "
+                f"takes {wake['blocking_p50_us']:.0f} us across CPUs when both sleep, "
+                f"{wake['same_cpu_blocking_p50_us']:.0f} us on one CPU, "
+                f"{wake['polling_p50_us']:.0f} us polling (cpuidle {wake['cpuidle_driver']})"
+            )
         partial = args.quick or args.only is not None or args.pairs is not None
         out = args.out or RESULTS / ("latest-quick.json" if partial else "latest.json")
         out.parent.mkdir(parents=True, exist_ok=True)
