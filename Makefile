@@ -35,6 +35,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check config store recorder gateway tests bench
+	$(BIN)/ruff format --check config store recorder gateway tests bench
 	$(BIN)/mypy config store recorder gateway bench
 
 bench: setup

@@ -83,9 +83,7 @@ def test_a_bad_tag_is_refused_and_the_nonce_left_for_asyncssh() -> None:
     assert _wire.open_packet(receiver._cipher, bytes(wire), 0, len(wire)) is not None
 
 
-@pytest.mark.parametrize(
-    ("pos", "stop"), [(-1, 40), (0, 10_000), (30, 20), (0, 19)], ids=str
-)
+@pytest.mark.parametrize(("pos", "stop"), [(-1, 40), (0, 10_000), (30, 20), (0, 19)], ids=str)
 def test_bounds_outside_the_buffer_are_an_error_not_a_read(pos: int, stop: int) -> None:
     assert _wire is not None
     _, receiver = _pair(16)
