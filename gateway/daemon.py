@@ -23,6 +23,7 @@ from config.loader import load_config, parse_authorized_key
 from config.models import GatewayConfig, OnFailure
 from gateway import sshtune
 from gateway.live import LiveConnection, SessionRegistry
+from gateway.loopwatch import LoopWatch
 from gateway.pool import TargetPool
 from gateway.recording import (
     RecordingError,
@@ -188,7 +189,9 @@ class Gateway:
         control = ControlServer(self)
         await control.start()
         self.control = control
-        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_idle()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch_idle()))
+        self._tasks.append(loop.create_task(LoopWatch().run()))
         log.info(
             "listening",
             listen=f"{g.listen_host}:{self.port}",

@@ -18,6 +18,7 @@ from harness.keys import generate_key
 from harness.net import free_port
 from harness.sshd import TargetSshd
 from harness.tmux import TmuxTerminal
+from harness.waiting import poll_async
 
 pytestmark = pytest.mark.e2e
 
@@ -268,6 +269,27 @@ def test_sigint_also_stops(gateway: GatewayProcess) -> None:
     assert gateway.popen is not None
     gateway.popen.send_signal(signal.SIGINT)
     assert gateway.popen.wait(15) == 0
+
+
+async def test_a_stalled_daemon_says_so_in_its_log_and_serves_on(gateway: GatewayProcess) -> None:
+    # A stopped process is the plainest stall: its loop runs late by the stop.
+    assert gateway.popen is not None
+    gateway.popen.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.6)
+    finally:
+        gateway.popen.send_signal(signal.SIGCONT)
+    r = await gateway.to("web1").ssh("echo after")
+    assert r.stdout == b"after\n"
+
+    def told() -> bool:
+        # Within 10 s of an earlier stall (a loaded machine) it is in the next line.
+        return any(
+            e.get("event") == "loop stalled" and e["level"] == "warning" and e["worst_ms"] >= 500  # type: ignore[operator]
+            for e in gateway.log_lines()
+        )
+
+    await poll_async(told, 15, "a 'loop stalled' line of at least 500 ms")
 
 
 async def test_user_certificate_identifies_its_principal(
