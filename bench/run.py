@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -202,17 +203,9 @@ def wakeup_cost() -> dict[str, Any] | None:
         return None
 
 
-_machine: dict[str, Any] = {}
-
-
+@functools.cache
 def machine() -> dict[str, Any]:
     """The machine's facts, measured once per run."""
-    if not _machine:
-        _machine.update(_machine_facts())
-    return _machine
-
-
-def _machine_facts() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:

@@ -4,17 +4,14 @@ caller's CPU mask is given back."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench.run import wakeup_cost
 from bench.wakeup import round_trips
 
-ROOT = Path(__file__).resolve().parents[2]
 CPUS = sorted(os.sched_getaffinity(0))
 
 needs_two = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
@@ -44,15 +41,8 @@ def test_every_round_trip_is_answered_and_the_child_reaped(poll: bool) -> None:
 
 @needs_two
 def test_the_command_prints_its_figures() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "bench.wakeup"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr
-    figures = json.loads(r.stdout)
+    figures = wakeup_cost()  # bench.run's call: ``python -m bench.wakeup``
+    assert figures is not None
     assert figures["cpus"] == CPUS[:2]
     for key in ("blocking_p50_us", "same_cpu_blocking_p50_us", "polling_p50_us"):
         assert figures[key] > 0
