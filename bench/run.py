@@ -61,7 +61,6 @@ from harness.net import free_port  # noqa: E402
 from harness.ssh_client import SshClient  # noqa: E402
 from harness.sshd import TargetSshd  # noqa: E402
 
-from bench import cpuspeed  # noqa: E402
 from gateway import sshtune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -966,10 +965,6 @@ def bench_concurrency(rig: Rig) -> None:
             rec["target_cpu_share_of_one_core"] = tree_cpu / wall
             rec["loadgen_cpu_share_of_one_core"] = (cpu_seconds(lg.pid) - lg0) / wall  # type: ignore[union-attr]
             rec["loadgen_loop_lag_ms"] = ev["loop_lag_ms"]
-            # How fast the machine ran a fixed task as the hold ended (the
-            # load still on): a busy host and cache pressure show here, not
-            # in steal time (bench/cpuspeed.py).
-            rec["cpu_speed_ms"] = cpuspeed.speed_ms()
             rec["commands"] = ev["commands"]
             spying.close()
             if first_gw:
@@ -991,8 +986,7 @@ def bench_concurrency(rig: Rig) -> None:
                     if arm == "gateway"
                     else ""
                 )
-                + _machine_text(rec["machine_hold_per_s"])
-                + f"; fixed task {rec['cpu_speed_ms']:.2f} ms CPU",
+                + _machine_text(rec["machine_hold_per_s"]),
                 file=sys.stderr,
                 flush=True,
             )
@@ -1005,7 +999,6 @@ def bench_concurrency(rig: Rig) -> None:
             kind = ev["event"]
             if kind == "warm":
                 time.sleep(2.0)  # let the warm-up's close settle
-                res["cpu_speed_idle_ms"] = cpuspeed.speed_ms()  # before any load
                 res["gw_rss_base_kib"] = rss_kib(gpid)
                 res["gw_fds_base"] = _fds(gpid)
                 pool_after_warmup = len(sshd.connection_pids())
@@ -1041,9 +1034,6 @@ def bench_concurrency(rig: Rig) -> None:
             "loadgen_cpu_share_of_one_core",
         ):
             res[key] = _mean_of([h[key] for h in holds["gateway"]])
-        res["cpu_speed_ms"] = {
-            arm: [h["cpu_speed_ms"] for h in holds[arm]] for arm in ("direct", "gateway")
-        }
         res["direct_machine_hold_per_s"] = _mean_of(
             [h["machine_hold_per_s"] for h in holds["direct"]]
         )
@@ -1287,21 +1277,6 @@ def _machine_text(per_s: dict[str, float]) -> str:
     )
 
 
-def _speed_text(res: dict[str, Any]) -> str:
-    """How much slower a fixed task ran in each arm's holds than on the idle
-    machine (``bench.cpuspeed``): what the hour and the load did to the CPU."""
-    idle = res.get("cpu_speed_idle_ms")
-    speeds = res.get("cpu_speed_ms") or {}
-    if not idle or not speeds.get("gateway"):
-        return ""
-    arms = ", ".join(
-        f"{arm} holds {min(xs) / idle:.2f}-{max(xs) / idle:.2f}x"
-        for arm in ("direct", "gateway")
-        if (xs := speeds.get(arm))
-    )
-    return f"; a fixed task's CPU time against the idle machine: {arms}"
-
-
 def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
     lg = res["loadgen"]
     cc = res["cast_check"]
@@ -1379,8 +1354,7 @@ def _conc_report(rig: Rig, res: dict[str, Any]) -> None:
         extra=f"{res['target_connections_at_load']} target conns, "
         f"loadgen lag p99 {_ms(lag.get('p99_ms'))} ms"
         + _sched_text(res.get("gw_hold_per_s") or {})
-        + _machine_text(res.get("machine_hold_per_s") or {})
-        + _speed_text(res),
+        + _machine_text(res.get("machine_hold_per_s") or {}),
         ok=all(res["goals"].values()),
     )
     print(
