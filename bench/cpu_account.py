@@ -33,8 +33,15 @@ ACCOUNTED: tuple[tuple[str, str, str], ...] = (
     # main thread minus this is the loop itself: uvloop, timers, the flush
     # and store tasks.
     ("asyncssh.connection", "SSHConnection", "data_received"),
+    # ... of which the receive loop (gateway.sshtune's direct path: every
+    # whole packet of the read opened, channel data handed to the sessions)
+    ("asyncssh.connection", "SSHConnection", "_recv_pkthdr"),
     ("gateway.live", "LiveConnection", "from_client"),  # the relay, client -> target
     ("gateway.live", "LiveConnection", "from_target"),  # the relay, target -> client
+    ("gateway.live", "LiveConnection", "flush_output"),  # the turn's gathered output
+    # Every channel write, both legs: sealing and the send system call (on
+    # loopback that includes the receiving side's TCP work and its wake-up)
+    ("asyncssh.channel", "SSHChannel", "write"),
     ("gateway.recording", "SessionRecording", "input"),
     ("gateway.recording", "SessionRecording", "output"),
     ("gateway.recording", "SessionRecording", "flush"),
