@@ -50,6 +50,7 @@ from typing import Any, cast
 
 import asyncssh
 
+from bench.stats import pct
 from gateway import sshtune
 
 PROMPT = b"# "  # the harness's PS1 is '\u@target:\w\$ ' and we log in as root
@@ -58,13 +59,6 @@ PROMPT = b"# "  # the harness's PS1 is '\u@target:\w\$ ' and we log in as root
 def emit(event: str, **kw: Any) -> None:
     sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **kw}) + "\n")
     sys.stdout.flush()
-
-
-def pct(xs: list[float], p: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def summary(xs: list[float]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from harness.net import free_port  # noqa: E402
 from harness.ssh_client import SshClient  # noqa: E402
 from harness.sshd import TargetSshd  # noqa: E402
 
+from bench.stats import pct  # noqa: E402
 from gateway import sshtune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -178,13 +179,6 @@ def rotated(names: list[str], i: int) -> list[str]:
 
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
-
-
-def pct(xs: list[float], p: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def wakeup_cost() -> dict[str, Any] | None:

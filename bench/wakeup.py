@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.stats import pct
+
 
 def _read1(fd: int, poll: bool) -> bytes:
     if not poll:
@@ -87,8 +89,9 @@ def round_trips(a: int, b: int, *, poll: bool, rounds: int, pause: float) -> lis
 
 
 def _pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))], 1)
+    v = pct(xs, p)
+    assert v is not None  # every measurement has its rounds
+    return round(v, 1)
 
 
 def _idle_driver() -> str | None:
