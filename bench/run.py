@@ -18,7 +18,6 @@ also writes ``bench/results/concurrency.json``.
     python -m bench.run --profile       # py-spy on the gateway during #1 and #3
     python -m bench.run --only concurrency --attribute   # #5 with the gateway's CPU per call
     python -m bench.run --only concurrency --conc-py-crypto  # #5, gateway/_wire.c off
-    python -m bench.run --only concurrency --conc-no-splice  # #5, the C splice off
     python -m bench.run --only concurrency --conc-recording rec_off  # #5, recording off
 
 Every process started here is tracked by pid (tests/harness/procs) and killed
@@ -360,8 +359,6 @@ class Rig:
     attribute: bool = False
     # --conc-py-crypto: #5's gateway with its AES-GCM packets in Python.
     conc_py_crypto: bool = False
-    # --conc-no-splice: #5's gateway without the C splice (SHELLGATE_SPLICE=0).
-    conc_no_splice: bool = False
     # --conc-recording: #5's gateway with one of #6's recording variants.
     conc_recording: str = "default"
     # Where #5's concurrency.json goes: next to the results file.
@@ -865,11 +862,8 @@ def bench_concurrency(rig: Rig) -> None:
             gw.env = {"SHELLGATE_CPU_ACCOUNT": str(account_file), "PYTHONPATH": str(ROOT)}
         if rig.conc_py_crypto:
             gw.env["SHELLGATE_NATIVE"] = "0"
-        if rig.conc_no_splice:
-            gw.env["SHELLGATE_SPLICE"] = "0"
         in_c = sshtune.native() and not rig.conc_py_crypto
         res["gateway_packet_crypto"] = "c" if in_c else "python"
-        res["gateway_splice"] = in_c and not rig.conc_no_splice
         gw.start()
         gpid = gw.popen.pid  # type: ignore[union-attr]
         deadline = time.monotonic() + _conc_deadline(s) + 30  # the benchmark stops by itself
@@ -1715,12 +1709,6 @@ def main(argv: list[str] | None = None) -> int:
         "(SHELLGATE_NATIVE=0 for the daemon only; the load generator is unchanged)",
     )
     ap.add_argument(
-        "--conc-no-splice",
-        action="store_true",
-        help="#5 concurrency: the gateway without its C splice of session data "
-        "(SHELLGATE_SPLICE=0 for the daemon only: the Python relay path, C packet crypto)",
-    )
-    ap.add_argument(
         "--conc-recording",
         choices=list(VARIANTS),
         default="default",
@@ -1793,7 +1781,6 @@ def main(argv: list[str] | None = None) -> int:
         rig.profile_hold = args.profile_hold
         rig.attribute = args.attribute
         rig.conc_py_crypto = args.conc_py_crypto
-        rig.conc_no_splice = args.conc_no_splice
         rig.conc_recording = args.conc_recording
         if args.out:
             rig.results_dir = args.out.parent

@@ -198,7 +198,6 @@ class Gateway:
             config=self.config_path or "<embedded default>",
             data_dir=str(self.data_dir),
             native_packet_crypto=sshtune.native(),  # gateway._wire built and on
-            native_splice=sshtune.splicing(),
         )
 
     async def _repair_orphan_casts(self) -> None:

@@ -187,22 +187,6 @@ class LiveConnection:
         if rec is not None:
             rec.output(time.monotonic() - self.t0, data)
 
-    # What the C splice (gateway._wire.splice_run, via gateway.sshtune) already
-    # relayed, leg to leg, in the steady state: from_client and from_target
-    # without their writes.
-    def spliced_input(self, now: float, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self.last_input = now
-        rec = self.recording
-        if rec is not None:
-            rec.input(now - self.t0, data)
-
-    def spliced_output(self, now: float, data: bytes) -> None:
-        self.bytes_out += len(data)
-        rec = self.recording
-        if rec is not None:
-            rec.output(now - self.t0, data)
-
     def flush_output(self) -> None:
         """Write the target output gathered this loop turn to the client."""
         self._turn_open = False

@@ -21,7 +21,6 @@ import asyncssh
 import structlog
 
 from config.models import Target, User
-from gateway import sshtune
 from gateway.live import LiveConnection, PtyRequest
 from gateway.pool import TargetError
 from gateway.recording import RecordingError
@@ -148,8 +147,6 @@ class GatewayServer(asyncssh.SSHServer):
 class ClientSession(asyncssh.SSHServerSession[bytes]):
     """The client side of one session channel."""
 
-    _sg_leg = 1  # gateway.sshtune's C splice: data from here goes to live.target_chan
-
     def __init__(self, server: GatewayServer) -> None:
         self.server = server
         self.gateway = server.gateway
@@ -194,7 +191,6 @@ class ClientSession(asyncssh.SSHServerSession[bytes]):
     # asyncssh callbacks ------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
-        sshtune.allow_splice(chan)
 
     def pty_requested(
         self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
@@ -481,8 +477,6 @@ def _is_scp(command: str | None) -> bool:
 class TargetSession(asyncssh.SSHClientSession[bytes]):
     """The target side of a channel: bytes and lifecycle back to the live connection."""
 
-    _sg_leg = 2  # gateway.sshtune's C splice: data from here goes to live.client.chan
-
     def __init__(
         self,
         live: LiveConnection | None,
@@ -500,7 +494,6 @@ class TargetSession(asyncssh.SSHClientSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
-        sshtune.allow_splice(chan)
 
     def session_started(self) -> None:
         live, client = self.live, self.opener

@@ -75,21 +75,6 @@ that was a join of five pieces, cryptography's AESGCM (argument checks and
 two copies) and the nonce stepped through int conversions: ~6 us a packet,
 ~1 us in C, four packets per echoed keystroke. Without the module (not
 built, or ``SHELLGATE_NATIVE=0``) the Python code does the same work.
-
-Eighth, the splice (gateway/_wire.c's ``splice_run``). For the gateway's own
-connections (``allow_splice``) the receive loop hands the whole packets to C
-first: CHANNEL_DATA for an attached session in the steady state (both
-channels open and plain, nothing paused, held, gathered or queued, the data
-inside both windows without bringing ours below half, no rekey due on the
-other leg) is opened, sealed for the other leg's channel and written there,
-a run of packets for one channel in one write, with the windows, sequence
-numbers and rekey counts moved as the Python path moves them. The first
-packet it does not take comes back opened, and this loop goes on with it as
-before. What the splice relayed is then recorded in order
-(``LiveConnection.spliced_input``/``spliced_output``): the relay's per-packet
-Python (~10 calls each way: the loop, the session's ``data_received``, the
-live connection, the channel write) is gone, the recording's is not.
-``SHELLGATE_SPLICE=0`` turns only this off.
 """
 
 from __future__ import annotations
@@ -129,20 +114,12 @@ def _load_wire() -> Any:
 
 
 _wire = _load_wire()
-# The C splice of gateway sessions' data (_wire.splice_run); SHELLGATE_SPLICE=0
-# leaves it to the Python path (bench/ compares the two).
-_splice = _wire is not None and os.environ.get("SHELLGATE_SPLICE", "1") != "0"
 _GCM_OVERHEAD = 4 + 16  # the length field and the tag, around the packet
 
 
 def native() -> bool:
     """Whether the relay seals and opens AES-GCM packets in C (gateway._wire)."""
     return _wire is not None
-
-
-def splicing() -> bool:
-    """Whether gateway sessions' data is relayed leg to leg in C (_wire.splice_run)."""
-    return _splice
 
 
 # A read this big may have filled uvloop's read buffer (256 KiB), after which
@@ -437,9 +414,6 @@ def _install_data_fast_path() -> None:
         pos = 0
         cipher = enc._cipher
         wire = _wire
-        splice = wire.splice_run if _splice and self._sg_splice else None  # type: ignore[union-attr]
-        spliced: list[tuple[Any, int, bytes]] = []
-        now = time.monotonic() if splice is not None else 0.0
         aead = _aead(cipher) if wire is None else None
         maxlen = self._max_recv_pktlen
         blocksize = self._recv_blocksize
@@ -453,48 +427,31 @@ def _install_data_fast_path() -> None:
         held: list[bytes] = []
         try:
             while end - pos >= blocksize:
-                if splice is not None and not held:
-                    # A gateway session's data in C, straight to the other
-                    # leg (gateway/_wire.c, splice_run); this loop goes on
-                    # with the first packet it did not take, already opened.
-                    pos, stop, opened = splice(
-                        self, cipher, inp, pos, end, maxlen, blocksize, now, spliced
-                    )
-                    if spliced:
-                        _record_spliced(spliced, now)
-                        if self._transport is None:
-                            return False
+                pktlen = int.from_bytes(view[pos : pos + 4], "big")
+                stop = pos + 4 + pktlen + _GCM_TAG
+                if pktlen > maxlen:
+                    refused = True  # asyncssh's own path raises its error
+                    break
+                if stop > end:
+                    break  # the rest of this packet is still on its way
+                if wire is not None:
+                    opened = wire.open_packet(cipher, inp, pos, stop)  # steps the nonce
                     if opened is None:
-                        refused = stop < 0
+                        refused = True  # asyncssh's own path raises its MAC error
                         break
-                    pktlen = stop - pos - 4 - _GCM_TAG
                     packet_data = opened
                 else:
-                    pktlen = int.from_bytes(view[pos : pos + 4], "big")
-                    stop = pos + 4 + pktlen + _GCM_TAG
-                    if pktlen > maxlen:
-                        refused = True  # asyncssh's own path raises its error
+                    iv = cipher._iv
+                    try:
+                        packet_data = aead.decrypt(  # type: ignore[union-attr]
+                            iv, view[pos + 4 : stop], view[pos : pos + 4]
+                        )
+                    except InvalidTag:
+                        refused = True  # asyncssh's own path raises its MAC error
                         break
-                    if stop > end:
-                        break  # the rest of this packet is still on its way
-                    if wire is not None:
-                        opened = wire.open_packet(cipher, inp, pos, stop)  # steps the nonce
-                        if opened is None:
-                            refused = True  # asyncssh's own path raises its MAC error
-                            break
-                        packet_data = opened
-                    else:
-                        iv = cipher._iv
-                        try:
-                            packet_data = aead.decrypt(  # type: ignore[union-attr]
-                                iv, view[pos + 4 : stop], view[pos : pos + 4]
-                            )
-                        except InvalidTag:
-                            refused = True  # asyncssh's own path raises its MAC error
-                            break
-                        cipher._iv = iv[:4] + (
-                            (int.from_bytes(iv[4:], "big") + 1) & _IV_MASK  # as _next_iv
-                        ).to_bytes(8, "big")
+                    cipher._iv = iv[:4] + (
+                        (int.from_bytes(iv[4:], "big") + 1) & _IV_MASK  # as _next_iv
+                    ).to_bytes(8, "big")
                 chan = None
                 pkttype = packet_data[1]
                 datalen = len(packet_data) - packet_data[0] - 10  # padding, header
@@ -705,16 +662,6 @@ def _install_data_fast_path() -> None:
                         pass  # as asyncssh's _send
         original_flush(self)
 
-    conn_cls._sg_splice = False  # type: ignore[attr-defined]
-    if _wire is not None:
-        _wire.configure(
-            gcm_enc,
-            tuple(
-                cls
-                for cls in (_channel.SSHServerChannel, _channel.SSHClientChannel)
-                if takes_plain_data(cls)
-            ),
-        )
     _recv_pkthdr.__wrapped__ = original_pkthdr  # type: ignore[attr-defined]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     write.__wrapped__ = original_write  # type: ignore[attr-defined]
@@ -747,26 +694,6 @@ def _hand_on(chan: Any, held: list[bytes]) -> None:
         chan._deliver_data(data, None)  # sends the WINDOW_ADJUST, then delivers
     else:
         chan._session.data_received(data, None)
-
-
-def _record_spliced(spliced: list[tuple[Any, int, bytes]], now: float) -> None:
-    """What the C splice relayed (``(live, leg, data)`` in order), on to
-    each connection's counters and recording; empties ``spliced``."""
-    for live, leg, data in spliced:
-        if leg == 1:
-            live.spliced_input(now, data)
-        else:
-            live.spliced_output(now, data)
-    spliced.clear()
-
-
-def allow_splice(chan: Any) -> None:
-    """Let the C splice (gateway/_wire.c) relay the data that ``chan``'s
-    connection receives for gateway sessions (those whose class sets
-    ``_sg_leg``: 1 for a client's session, 2 for a target's)."""
-    conn = chan._conn
-    if conn is not None:
-        conn._sg_splice = True
 
 
 def _resume_reading(conn: Any) -> None:
