@@ -2,8 +2,9 @@
 errors as ``FILE: KEY: PROBLEM`` lines.
 
 Relative paths in a file are taken relative to that file's directory (so a
-config and its keys can move together); with no file, relative to the
-working directory.
+config and its keys can move together), ``data_dir``'s default ``var``
+included; with no file, relative to the working directory. ``host_keys``
+not given means ``<data_dir>/ssh_host_ed25519_key``.
 """
 
 from __future__ import annotations
@@ -184,5 +185,13 @@ def load_config(path: str | os.PathLike[str] | None, *, check_files: bool = True
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{p}: TOML syntax: {e}"]) from None
+    # The default data_dir is a relative path like any other in the file: the
+    # daemon and the query commands then find the same store whatever
+    # directory each was started from.
+    section = data.get("gateway")
+    if section is None:
+        section = data["gateway"] = {}
+    if isinstance(section, dict):
+        section.setdefault("data_dir", "var")
     _resolve_paths(data, p.resolve().parent)
     return parse_config(data, str(p), check_files=check_files)

@@ -52,8 +52,13 @@ DEFAULT_MACS = [
 ]
 
 
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+"""The host key's file in ``data_dir`` when ``host_keys`` is not given."""
+
+
 class GatewaySection(_Section):
     listen: str = "127.0.0.1:2222"
+    # Not given: <data_dir>/ssh_host_ed25519_key (see _host_key_with_the_data).
     host_keys: list[Path] = Field(default_factory=lambda: [Path("var/ssh_host_ed25519_key")])
     data_dir: Path = Path("var")
     detach_timeout: Duration = 900.0
@@ -67,6 +72,16 @@ class GatewaySection(_Section):
     macs: list[str] = Field(default_factory=lambda: list(DEFAULT_MACS))
     user_ca_keys: list[str] = Field(default_factory=list)
     log_level: str = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_key_with_the_data(cls, data: object) -> object:
+        # A config that moves data_dir and says nothing of host keys keeps
+        # the host key with the store and the recordings, not in ./var of
+        # whatever directory the daemon was started from.
+        if isinstance(data, dict) and "host_keys" not in data:
+            data = {**data, "host_keys": [Path(data.get("data_dir", "var")) / HOST_KEY_NAME]}
+        return data
 
     @field_validator("listen")
     @classmethod

@@ -141,6 +141,40 @@ def test_relative_paths_are_relative_to_the_config_file(
     assert cfg.gateway.data_dir == conf_dir / "data"
 
 
+def test_default_data_dir_and_host_key_follow_the_file_not_the_cwd(
+    write_config: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon started by an init system (cwd /) and an admin's query
+    command (cwd ~) read one config: both must find the same store."""
+    path = write_config('[gateway]\nlisten = "127.0.0.1:2200"\n', "etc/sg/shellgate.toml")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    conf_dir = tmp_path / "etc" / "sg"
+    assert cfg.gateway.data_dir == conf_dir / "var"
+    assert cfg.gateway.host_keys == [conf_dir / "var" / "ssh_host_ed25519_key"]
+
+
+@pytest.mark.parametrize("data_dir", ["/srv/shellgate", "data"])
+def test_host_key_defaults_into_the_data_dir(
+    write_config: Write, tmp_path: Path, data_dir: str
+) -> None:
+    cfg = load_config(write_config(f'[gateway]\ndata_dir = "{data_dir}"\n', "c/sg.toml"))
+    expected = Path(data_dir) if data_dir.startswith("/") else tmp_path / "c" / data_dir
+    assert cfg.gateway.data_dir == expected
+    assert cfg.gateway.host_keys == [expected / "ssh_host_ed25519_key"]
+
+
+def test_host_key_from_the_env_data_dir(
+    write_config: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHELLGATE_GATEWAY__DATA_DIR", "/srv/env")
+    cfg = load_config(write_config('[gateway]\ndata_dir = "data"\n'))
+    assert cfg.gateway.data_dir == Path("/srv/env")
+    assert cfg.gateway.host_keys == [Path("/srv/env/ssh_host_ed25519_key")]
+
+
 def test_absolute_paths_are_kept(keys, write_config: Write) -> None:
     cfg = load_config(write_config(good_toml(keys)))
     assert cfg.target("web1").identity == keys.identity  # type: ignore[union-attr]
