@@ -191,7 +191,8 @@ class Gateway:
         self.control = control
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_idle()))
-        self._tasks.append(loop.create_task(LoopWatch().run()))
+        registry = self.registry
+        self._tasks.append(loop.create_task(LoopWatch(busy=lambda: len(registry) > 0).run()))
         log.info(
             "listening",
             listen=f"{g.listen_host}:{self.port}",

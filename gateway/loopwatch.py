@@ -5,17 +5,19 @@ not get to run for a while, every session feels it at once, and the operator
 needs to know whose fault it was: the gateway's own work (a long callback: a
 bug to report) or the host (the thread was runnable but had no CPU: an
 overloaded or oversubscribed machine). ``LoopWatch`` ticks every ``TICK``
-seconds; a tick later than ``STALL`` is a stall, and ``loop stalled`` logs
-how many there were and the worst: how long, and how much of it the thread
-spent waiting for a CPU and running (``/proc/thread-self/schedstat``, where
-Linux has it). At most one line per ``REPORT_EVERY`` seconds: a stall
-within that time of the last line goes into the next one.
+seconds (``IDLE_TICK`` while no session is live); a tick later than
+``STALL`` is a stall, and ``loop stalled`` logs how many there were and the
+worst: how long, and how much of it the thread spent waiting for a CPU and
+running (``/proc/thread-self/schedstat``, where Linux has it). At most one
+line per ``REPORT_EVERY`` seconds: a stall within that time of the last line
+goes into the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -23,8 +25,13 @@ import structlog
 log = structlog.get_logger("shellgate.loop")
 
 TICK = 0.1
-"""Seconds between the watch's ticks (ten wake-ups a second: nothing next to
-a relay's thousands)."""
+"""Seconds between the watch's ticks while sessions are live (ten wake-ups a
+second: nothing next to a relay's thousands)."""
+
+IDLE_TICK = 1.0
+"""Seconds between ticks while no session is live: an idle daemon is not
+woken ten times a second for nobody (a stall is still measured, from the
+tick it delayed)."""
 
 STALL = 0.25
 """A tick this much later than due is a stall: a pause a typist notices."""
@@ -47,9 +54,17 @@ class LoopWatch:
     """Measures how late its own ticks are; reports the stalls."""
 
     def __init__(
-        self, tick: float = TICK, stall: float = STALL, report_every: float = REPORT_EVERY
+        self,
+        tick: float = TICK,
+        stall: float = STALL,
+        report_every: float = REPORT_EVERY,
+        *,
+        busy: Callable[[], bool] = lambda: True,
+        idle_tick: float = IDLE_TICK,
     ) -> None:
         self.tick = tick
+        self.busy = busy  # whether sessions are live: then ``tick``, else ``idle_tick``
+        self.idle_tick = idle_tick
         self.stall = stall
         self.report_every = report_every
         self.stalls = 0  # since the last report
@@ -65,7 +80,7 @@ class LoopWatch:
             now_times = thread_times()
             self.ticked(now, now - due, times, now_times)
             times = now_times
-            due = now + self.tick
+            due = now + (self.tick if self.busy() else self.idle_tick)
 
     def ticked(
         self,

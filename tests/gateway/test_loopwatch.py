@@ -74,3 +74,29 @@ async def test_a_blocked_loop_is_reported_with_its_cpu_time() -> None:
     # Runnable throughout: on a CPU or waiting for one (a busy machine).
     ran = stall["worst_on_cpu_ms"] + stall["worst_waiting_for_cpu_ms"]
     assert ran >= 350
+
+
+async def test_an_idle_daemon_is_woken_once_a_second_not_ten_times() -> None:
+    """While ``busy()`` says no session is live the watch sleeps ``idle_tick``;
+    the first tick after sessions appear puts it back on ``tick``."""
+    live = False
+    watch = LoopWatch(tick=0.02, busy=lambda: live, idle_tick=0.3)
+    ticks: list[float] = []
+    original = watch.ticked
+
+    def count(now: float, *args: Any) -> None:
+        ticks.append(now)
+        original(now, *args)
+
+    watch.ticked = count  # type: ignore[method-assign]
+    task = asyncio.get_running_loop().create_task(watch.run())
+    try:
+        await asyncio.sleep(0.7)
+        idle_ticks = len(ticks)
+        live = True
+        await asyncio.sleep(0.7)  # up to one idle tick, then 20 ms ticks
+        busy_ticks = len(ticks) - idle_ticks
+    finally:
+        task.cancel()
+    assert idle_ticks <= 3
+    assert busy_ticks >= 10
