@@ -115,6 +115,15 @@ def _file_checks(cfg: GatewayConfig) -> list[str]:
             other = owner_of_key.setdefault(key.public_data, u.name)
             if other != u.name:
                 problems.append(f"{where}: key of {u.name!r} is already the key of {other!r}")
+    for i, hk in enumerate(cfg.gateway.host_keys):
+        if not hk.exists():
+            continue  # the daemon generates it
+        try:
+            asyncssh.read_private_key(hk)
+        except OSError as e:
+            problems.append(f"gateway.host_keys[{i}]: cannot read {hk}: {e.strerror}")
+        except (asyncssh.KeyImportError, ValueError) as e:
+            problems.append(f"gateway.host_keys[{i}]: {hk} is not a usable private key: {e}")
     for i, ca in enumerate(cfg.gateway.user_ca_keys):
         try:
             asyncssh.import_public_key(ca)

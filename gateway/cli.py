@@ -43,7 +43,7 @@ def _store_for(config: GatewayConfig):  # type: ignore[no-untyped-def]
 async def _serve(args: argparse.Namespace) -> int:
     import structlog
 
-    from gateway.daemon import Gateway
+    from gateway.daemon import Gateway, StartError
     from gateway.logs import configure_logging
     from store.base import StoreError
 
@@ -56,11 +56,12 @@ async def _serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"shellgate: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(
-            f"shellgate: cannot listen on {config.gateway.listen}: {e.strerror or e}",
-            file=sys.stderr,
-        )
+    except StartError as e:
+        print(f"shellgate: {e}", file=sys.stderr)
+        await gateway.store.close()
+        return 1
+    except OSError as e:  # a step StartError does not name (repairing a crash's casts)
+        print(f"shellgate: cannot start: {e}", file=sys.stderr)
         await gateway.store.close()
         return 1
     # What start-up loaded (modules, config, keys) lives as long as the daemon:

@@ -63,6 +63,11 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim = _find_malloc_trim()
 
 
+class StartError(Exception):
+    """The daemon cannot start: a data directory, host key, listen address or
+    control socket it cannot use. The message is one line for the operator."""
+
+
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
     """The host key at ``path``, generated (ed25519, mode 0600) if missing."""
     if path.exists():
@@ -75,6 +80,15 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
     path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
     log.info("host key generated", path=str(path))
     return key
+
+
+def _host_key(path: Path) -> asyncssh.SSHKey:
+    try:
+        return ensure_host_key(path)
+    except OSError as e:
+        raise StartError(f"cannot read or create the host key {path}: {e.strerror or e}") from None
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise StartError(f"host key {path} is not a usable private key: {e}") from None
 
 
 def key_owners(config: GatewayConfig) -> dict[bytes, str]:
@@ -152,9 +166,16 @@ class Gateway:
         return int(self.listener.get_port())
 
     async def start(self) -> None:
+        """Open the store, repair what a crash left, listen. Raises StartError
+        (or the store's StoreError) with a line for the operator."""
         sshtune.install()
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.data_dir / "recordings").mkdir(exist_ok=True, mode=0o700)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.data_dir / "recordings").mkdir(exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StartError(
+                f"cannot create the data directory {self.data_dir}: {e.strerror or e}"
+            ) from None
         await self.store.open()
         for event in await self.store.recover_crashed():
             log.warning(
@@ -165,29 +186,38 @@ class Gateway:
                 repair_cast(cast, "closed: gateway_crashed")
         await self._repair_orphan_casts()
         self.locked = {lock.user for lock in await self.store.locks()}
-        host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
+        host_keys = [_host_key(p) for p in self.config.gateway.host_keys]
         g = self.config.gateway
-        self.listener = await asyncssh.create_server(
-            lambda: GatewayServer(self),
-            g.listen_host,
-            g.listen_port,
-            server_host_keys=host_keys,
-            encoding=None,
-            line_editor=False,
-            allow_scp=False,
-            login_timeout=g.login_grace_time or None,
-            encryption_algs=g.ciphers,
-            mac_algs=g.macs,
-            keepalive_interval=60,
-            keepalive_count_max=3,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_pty=True,
-        )
+        try:
+            self.listener = await asyncssh.create_server(
+                lambda: GatewayServer(self),
+                g.listen_host,
+                g.listen_port,
+                server_host_keys=host_keys,
+                encoding=None,
+                line_editor=False,
+                allow_scp=False,
+                login_timeout=g.login_grace_time or None,
+                encryption_algs=g.ciphers,
+                mac_algs=g.macs,
+                keepalive_interval=60,
+                keepalive_count_max=3,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_pty=True,
+            )
+        except OSError as e:  # socket.gaierror included: a name that does not resolve
+            raise StartError(f"cannot listen on {g.listen}: {e.strerror or e}") from None
         from gateway.control import ControlServer
 
         control = ControlServer(self)
-        await control.start()
+        try:
+            await control.start()
+        except OSError as e:
+            self.listener.close()
+            raise StartError(
+                f"cannot create the control socket {control.path}: {e.strerror or e}"
+            ) from None
         self.control = control
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch_idle()))
