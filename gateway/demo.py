@@ -20,9 +20,10 @@ from pathlib import Path
 
 import asyncssh
 
-from config.loader import load_config
-from gateway.daemon import Gateway
+from config.loader import ConfigError, load_config
+from gateway.daemon import Gateway, StartError
 from gateway.logs import configure_logging
+from store.base import StoreError
 from store.sqlite import SqliteStore
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -119,12 +120,22 @@ async def _run(root: Path) -> int:
     target, target_port, host_key = _start_target(root, login)
     try:
         config_path = _write_config(root, login, target_port, host_key)
-        config = load_config(config_path)
+        try:
+            config = load_config(config_path)
+        except ConfigError as e:
+            for line in e.problems:
+                print(f"shellgate demo: {line}", file=sys.stderr)
+            return 1
         configure_logging("warning")
         gateway = Gateway(
             config, str(config_path), SqliteStore(config.gateway.data_dir / "shellgate.db")
         )
-        await gateway.start()
+        try:
+            await gateway.start()
+        except (StartError, StoreError) as e:
+            print(f"shellgate demo: {e} (remove ./demo to start afresh)", file=sys.stderr)
+            await gateway.store.close()
+            return 1
         gw_key = asyncssh.read_private_key(config.gateway.host_keys[0])
         known = root / "known_hosts"
         known.write_text(f"[127.0.0.1]:{gateway.port} {gw_key.export_public_key().decode()}")
