@@ -58,8 +58,8 @@ HOST_KEY_NAME = "ssh_host_ed25519_key"
 
 class GatewaySection(_Section):
     listen: str = "127.0.0.1:2222"
-    # Not given: <data_dir>/ssh_host_ed25519_key (see _host_key_with_the_data).
-    host_keys: list[Path] = Field(default_factory=lambda: [Path("var/ssh_host_ed25519_key")])
+    # Not given: <data_dir>/HOST_KEY_NAME (see _host_key_with_the_data).
+    host_keys: list[Path] = Field(default_factory=lambda: [Path("var") / HOST_KEY_NAME])
     data_dir: Path = Path("var")
     detach_timeout: Duration = 900.0
     idle_timeout: Duration = 0.0

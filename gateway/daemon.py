@@ -69,26 +69,23 @@ class StartError(Exception):
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
-    """The host key at ``path``, generated (ed25519, mode 0600) if missing."""
-    if path.exists():
-        return asyncssh.read_private_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="shellgate host key")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
-    log.info("host key generated", path=str(path))
-    return key
-
-
-def _host_key(path: Path) -> asyncssh.SSHKey:
+    """The host key at ``path``, generated (ed25519, mode 0600) if missing.
+    Raises StartError when it can be neither read nor created."""
     try:
-        return ensure_host_key(path)
+        if path.exists():
+            return asyncssh.read_private_key(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="shellgate host key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
+        path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
     except OSError as e:
         raise StartError(f"cannot read or create the host key {path}: {e.strerror or e}") from None
     except (asyncssh.KeyImportError, ValueError) as e:
         raise StartError(f"host key {path} is not a usable private key: {e}") from None
+    log.info("host key generated", path=str(path))
+    return key
 
 
 def key_owners(config: GatewayConfig) -> dict[bytes, str]:
@@ -186,7 +183,7 @@ class Gateway:
                 repair_cast(cast, "closed: gateway_crashed")
         await self._repair_orphan_casts()
         self.locked = {lock.user for lock in await self.store.locks()}
-        host_keys = [_host_key(p) for p in self.config.gateway.host_keys]
+        host_keys = [ensure_host_key(p) for p in self.config.gateway.host_keys]
         g = self.config.gateway
         try:
             self.listener = await asyncssh.create_server(
