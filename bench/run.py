@@ -357,6 +357,9 @@ class Rig:
     # --attribute: count the CPU time of the gateway's hot calls through the
     # hold (bench/cpu_account.py).
     attribute: bool = False
+    # --floor-burn-us: the floor's runs, each with its relay spinning this many
+    # microseconds of CPU per read.
+    floor_burn_us: list[int] = field(default_factory=lambda: [0])
     # --conc-py-crypto: #5's gateway with its AES-GCM packets in Python.
     conc_py_crypto: bool = False
     # --conc-recording: #5's gateway with one of #6's recording variants.
@@ -1063,12 +1066,30 @@ def bench_concurrency(rig: Rig) -> None:
     _conc_report(rig, res)
 
 
+def _burn_levels(text: str) -> list[int]:
+    """``--floor-burn-us``: comma-separated microseconds, each >= 0."""
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not levels or min(levels) < 0:
+        raise argparse.ArgumentTypeError(f"levels must be >= 0: {text!r}")
+    return levels
+
+
 def bench_relay_floor(rig: Rig) -> None:
     """#5's reference: the same paired load with a plain TCP relay
     (bench/tcp_relay.py: uvloop, no SSH, no recording) where the gateway was.
-    What any relay costs on this machine in this hour; not a goal."""
+    What any relay costs on this machine in this hour; not a goal. With
+    ``--floor-burn-us`` once per level, the relay spinning that much CPU per
+    read: how the p99 grows with a relay's CPU alone, in one hour."""
+    for burn_us in rig.floor_burn_us:
+        _relay_floor(rig, burn_us)
+
+
+def _relay_floor(rig: Rig, burn_us: int) -> None:
     s = rig.sizes
-    d = rig.directory / "floor"
+    d = rig.directory / f"floor-{burn_us}"
     d.mkdir(exist_ok=True)
     sshd = TargetSshd(d / "sshd")
     tracked: list[procs.Tracked] = []
@@ -1078,7 +1099,7 @@ def bench_relay_floor(rig: Rig) -> None:
         sshd.start()
         port = free_port()
         relay, t = _bench_child(
-            [sys.executable, "-m", "bench.tcp_relay", str(port), str(sshd.port)],
+            [sys.executable, "-m", "bench.tcp_relay", str(port), str(sshd.port), str(burn_us)],
             "bench tcp relay",
         )
         tracked.append(t)
@@ -1126,11 +1147,16 @@ def bench_relay_floor(rig: Rig) -> None:
     arms = result["arms"]
     relay_echo, direct_echo = arms["gateway"]["echo_load"], arms["direct"]["echo_load"]
     cpu = _mean_of([h["relay_cpu_share_of_one_core"] for h in holds["gateway"]])
-    rig.results["relay_floor"] = {"holds": holds, "loadgen": result, "relay_cpu_share": cpu}
+    floor = {"holds": holds, "loadgen": result, "relay_cpu_share": cpu, "burn_us": burn_us}
+    if burn_us:
+        rig.results.setdefault("relay_floor_burn", {})[str(burn_us)] = floor
+    else:
+        rig.results["relay_floor"] = floor
+    spin = f", spinning {burn_us} us of CPU per read" if burn_us else ""
     rig.row(
         n="5",
         bench=f"reference: #5's load through a plain TCP relay (bench/tcp_relay.py: uvloop, "
-        f"no SSH, no recording), {len(holds['gateway'])} A/B pairs",
+        f"no SSH, no recording{spin}), {len(holds['gateway'])} A/B pairs",
         cipher="aes128-gcm",
         direct=f"echo p50 {_ms(direct_echo['p50_ms'])} / p99 {_ms(direct_echo['p99_ms'])} ms"
         + _machine_text(_mean_of([h["machine_hold_per_s"] for h in holds["direct"]]) or {}),
@@ -1145,7 +1171,7 @@ def bench_relay_floor(rig: Rig) -> None:
         ok=None,
     )
     print(
-        f"[bench] floor: relay echo {relay_echo}; direct echo {direct_echo}; relay CPU {cpu}",
+        f"[bench] floor{spin}: relay echo {relay_echo}; direct echo {direct_echo}; relay CPU {cpu}",
         file=sys.stderr,
         flush=True,
     )
@@ -1684,6 +1710,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=NAMES, help="run only this (repeatable)")
     ap.add_argument("--pairs", type=int, help="override the number of A/B pairs")
     ap.add_argument(
+        "--floor-burn-us",
+        type=_burn_levels,
+        metavar="N[,N...]",
+        help="#5's floor once per level, its relay spinning N us of CPU per read (default 0): "
+        "the p99 against a relay's CPU alone, in one hour",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the gateway during #1/#2/#3 instead of the benchmarks (writes "
@@ -1782,6 +1815,8 @@ def main(argv: list[str] | None = None) -> int:
         rig.attribute = args.attribute
         rig.conc_py_crypto = args.conc_py_crypto
         rig.conc_recording = args.conc_recording
+        if args.floor_burn_us:
+            rig.floor_burn_us = args.floor_burn_us
         if args.out:
             rig.results_dir = args.out.parent
         if args.profile:

@@ -1,4 +1,4 @@
-"""A plain TCP relay, benchmark #5's floor: ``python -m bench.tcp_relay LISTEN TARGET``.
+"""A plain TCP relay, benchmark #5's floor: ``python -m bench.tcp_relay LISTEN TARGET [BURN_US]``.
 
 Every connection to port LISTEN on 127.0.0.1 is relayed byte for byte to
 port TARGET on 127.0.0.1, on uvloop, with backpressure both ways (a leg whose
@@ -8,6 +8,12 @@ what any relay in one Python process costs on this machine in this hour (the
 extra loopback hops, the loop's callbacks), so the gateway's figure can be
 read against it: the part above the floor is SSH and recording.
 
+With ``BURN_US`` it also spins that many microseconds of its own CPU time on
+every read before relaying it: a relay that costs what a heavier one would,
+with nothing else of that one's (``bench.run --floor-burn-us``). Run at a few
+levels in one hour, it says how much CPU per second a relay may use on this
+machine before #5's echo p99 passes the goal.
+
 Prints ``ready`` on stdout once listening; stops on SIGTERM.
 """
 
@@ -16,9 +22,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from typing import cast
 
 import uvloop
+
+BURN_NS = 0
+"""CPU nanoseconds spun per read (``BURN_US`` x 1000)."""
+
+
+def burn(ns: int) -> None:
+    """Spin until this thread has used ``ns`` more of CPU time: CPU time, not
+    wall time, so a preemption mid-spin does not shorten the cost."""
+    clock = time.thread_time_ns
+    end = clock() + ns
+    while clock() < end:
+        pass
 
 
 class Leg(asyncio.Protocol):
@@ -33,6 +52,8 @@ class Leg(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if BURN_NS:
+            burn(BURN_NS)
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
@@ -97,9 +118,12 @@ async def serve(listen_port: int, target_port: int) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print("usage: python -m bench.tcp_relay LISTEN TARGET", file=sys.stderr)
+    global BURN_NS
+    if len(sys.argv) not in (3, 4):
+        print("usage: python -m bench.tcp_relay LISTEN TARGET [BURN_US]", file=sys.stderr)
         return 2
+    if len(sys.argv) == 4:
+        BURN_NS = int(sys.argv[3]) * 1000
     uvloop.run(serve(int(sys.argv[1]), int(sys.argv[2])))
     return 0
 
