@@ -119,12 +119,18 @@ async def serve(listen_port: int, target_port: int) -> None:
 
 def main() -> int:
     global BURN_NS
-    if len(sys.argv) not in (3, 4):
+    try:
+        if len(sys.argv) not in (3, 4):
+            raise ValueError
+        listen, target = int(sys.argv[1]), int(sys.argv[2])
+        burn_us = int(sys.argv[3]) if len(sys.argv) == 4 else 0
+        if burn_us < 0:
+            raise ValueError
+    except ValueError:
         print("usage: python -m bench.tcp_relay LISTEN TARGET [BURN_US]", file=sys.stderr)
         return 2
-    if len(sys.argv) == 4:
-        BURN_NS = int(sys.argv[3]) * 1000
-    uvloop.run(serve(int(sys.argv[1]), int(sys.argv[2])))
+    BURN_NS = burn_us * 1000
+    uvloop.run(serve(listen, target))
     return 0
 
 

@@ -109,9 +109,10 @@ def test_relays_faithfully_and_burns_per_read(echo_server: int, burn_us: int) ->
     assert relay.returncode == 0
 
 
-def test_usage_error_is_one_line() -> None:
+@pytest.mark.parametrize("args", [["1"], ["1", "2", "x"], ["1", "2", "-5"], ["a", "2"]])
+def test_usage_error_is_one_line(args: list[str]) -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "bench.tcp_relay", "1"],
+        [sys.executable, "-m", "bench.tcp_relay", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
