@@ -27,6 +27,12 @@ output decoded with U+FFFD for invalid bytes.
     python -m bench.recording_micro --mb 100 --runs 5
     python -m bench.recording_micro --data ascii     # bench/run.py's text file
     python -m bench.recording_micro --profile output+input   # cProfile, top 25
+    python -m bench.recording_micro --typing 20 --cold 16     # typists, caches cold
+
+``--cold MB`` exists because the live recorder runs cold: between two keys
+the machine runs sshd, bash and the client, and what the recorder touched is
+evicted. Walking 16 MB before each key made the same key stream cost ~3-7x
+(session 15: #3's ~42 us of recording CPU a key live, 7 us warm).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import random
 import resource
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -200,16 +207,26 @@ async def _run_mode(
     return c1.ru_utime - c0.ru_utime, c1.ru_stime - c0.ru_stime, cast
 
 
+def _chill(buf: bytearray) -> None:
+    """Write one byte in every 64 of ``buf``: with ``buf`` bigger than the
+    caches, what the recorder touched before is evicted, as the other
+    processes of a live gateway's machine evict it between two keys."""
+    buf[::64] = bytes(len(range(0, len(buf), 64)))
+
+
 async def _run_typing(
-    lines: int, sessions: int, directory: Path, colour: bool = False
-) -> tuple[int, int]:
+    lines: int, sessions: int, directory: Path, colour: bool = False, cold_mb: float = 0.0
+) -> tuple[int, int, float]:
     """Benchmark #5's typists: ``sessions`` shells through ``SessionRecording``
     (shipped defaults: redacted input, commands, screen model), each typing
     ``lines`` command lines ``echo hi-N-K`` one key every 0.15 s, each key
     echoed, Enter answered with the line and the prompt; a flush per session
     per simulated second. The prompt is bash 5's as benchmark #5 sees it
     (``BASH_PROMPT``), or with ``colour`` a coloured one with a title
-    (``PROMPT``). Returns (keys typed, command lines)."""
+    (``PROMPT``). With ``cold_mb``, that much memory is walked before each
+    key (``_chill``) and only the recording calls are timed (thread CPU
+    time). Returns (keys typed, command lines, recording CPU seconds, or 0.0
+    without ``cold_mb``)."""
     prompt, enter = (PROMPT, b"\r\n") if colour else (BASH_PROMPT, BASH_ENTER)
     cfg = RecordingSection()
     gateway = SimpleNamespace(config=SimpleNamespace(recording=cfg), data_dir=directory)
@@ -228,6 +245,9 @@ async def _run_typing(
     t = 0.0
     next_flush = 1.0
     keys = 0
+    chill = bytearray(int(cold_mb * 1e6)) if cold_mb else None
+    clock = time.thread_time
+    spent = 0.0
     for k in range(lines):
         words = [f"echo hi-{n}-{k}".encode() for n in range(sessions)]
         for i in range(max(map(len, words)) + 1):
@@ -236,25 +256,36 @@ async def _run_typing(
                 word = words[n]
                 if i < len(word):
                     key = word[i : i + 1]
-                    rec.input(t, key)
-                    rec.output(t + 0.0004, key)
+                    echo = key
                 elif i == len(word):
-                    rec.input(t, b"\r")
-                    rec.output(t + 0.0004, enter + word[5:] + b"\r\n" + prompt)
+                    key = b"\r"
+                    echo = enter + word[5:] + b"\r\n" + prompt
                 else:
                     continue
+                if chill is not None:
+                    _chill(chill)
+                    t0 = clock()
+                rec.input(t, key)
+                rec.output(t + 0.0004, echo)
+                if chill is not None:
+                    spent += clock() - t0
                 keys += 1
             if t >= next_flush:
                 next_flush += 1.0
                 for rec in recs:
+                    if chill is not None:
+                        _chill(chill)
+                        t0 = clock()
                     rec.flush()
+                    if chill is not None:
+                        spent += clock() - t0
     for rec in recs:
         rec.close(t, CloseReason.CLIENT_EXIT)
     await recordings.close()
     for n, store in enumerate(stores):
         texts = [e.command for e in store.events]
         assert texts == [f"echo hi-{n}-{k}" for k in range(lines)], texts[:3]
-    return keys, lines * sessions
+    return keys, lines * sessions, spent
 
 
 def check_cast(path: Path, kind: str, reads: list[bytes]) -> None:
@@ -307,19 +338,32 @@ def main() -> None:
     ap.add_argument(
         "--colour", action="store_true", help="--typing: a coloured prompt with a title"
     )
+    ap.add_argument(
+        "--cold",
+        type=float,
+        metavar="MB",
+        default=0.0,
+        help="--typing: walk MB of memory before each key and time only the recording "
+        "calls: the recorder with cold caches, as in a live gateway (16 MB: ~7x)",
+    )
     args = ap.parse_args()
     if args.typing is not None:
         with tempfile.TemporaryDirectory(prefix="recmicro-", dir=args.dir) as tmp:
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
-            keys, cmds = asyncio.run(
-                _run_typing(args.typing, args.sessions, Path(tmp), args.colour)
+            keys, cmds, spent = asyncio.run(
+                _run_typing(args.typing, args.sessions, Path(tmp), args.colour, args.cold)
             )
             if args.profile:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         print(f"typing: {keys} keys, {cmds} command lines, {args.sessions} sessions")
+        if args.cold:
+            print(
+                f"recording, caches cold ({args.cold:g} MB walked before each key):"
+                f" {spent / keys * 1e6:.1f} us a key"
+            )
         return
     total = int(args.mb * 1e6)
     if args.data == "binary":
