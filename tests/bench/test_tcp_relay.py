@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import procs
+from harness.net import free_port
 
 from bench.run import _burn_levels, cpu_seconds
 from bench.tcp_relay import burn
@@ -35,12 +37,6 @@ def test_burn_levels() -> None:
     for bad in ("x", "5,-1", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             _burn_levels(bad)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -69,6 +65,8 @@ def echo_server() -> Iterator[int]:
 
 
 def _relay(listen: int, target: int, *extra: str) -> subprocess.Popen[str]:
+    """The relay, tracked by pid from its start (the harness kills it if a
+    test fails before stopping it)."""
     p = subprocess.Popen(
         [sys.executable, "-m", "bench.tcp_relay", str(listen), str(target), *extra],
         stdout=subprocess.PIPE,
@@ -76,6 +74,7 @@ def _relay(listen: int, target: int, *extra: str) -> subprocess.Popen[str]:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    procs.register(p.pid, "bench tcp relay")
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
     return p
@@ -94,7 +93,7 @@ def _round_trips(port: int, n: int) -> None:
 
 @pytest.mark.parametrize("burn_us", [0, 2000])
 def test_relays_faithfully_and_burns_per_read(echo_server: int, burn_us: int) -> None:
-    port = _free_port()
+    port = free_port()
     relay = _relay(port, echo_server, str(burn_us))
     try:
         before = cpu_seconds(relay.pid)
@@ -106,6 +105,7 @@ def test_relays_faithfully_and_burns_per_read(echo_server: int, burn_us: int) ->
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(10)
+        procs.unregister(relay.pid)
     assert relay.returncode == 0
 
 
