@@ -6,15 +6,23 @@ be a defect of the benchmark)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from harness import procs
 
 from bench.run import (
     FULL,
+    ONE_CPU,
     Rig,
     _conc_report,
+    _process_tree,
     _throughput_summary,
+    one_cpu,
     per_second,
     recording_overhead,
     rotated,
@@ -53,7 +61,7 @@ def test_round_ratios_cancel_drift_that_moves_all_arms() -> None:
 def test_recording_overhead_verdict(default: list[float], ok: bool) -> None:
     rig = _rig(
         {
-            "pty_throughput": {"default": _throughput(default, [97.0] * 5, [100.0] * 5)},
+            "pty_throughput": {ONE_CPU: _throughput(default, [97.0] * 5, [100.0] * 5)},
             "echo_latency": {
                 "rec_off": {"p50_us": 400.0, "p99_us": 600.0},
                 "output_only": {"p50_us": 410.0, "p99_us": 610.0},
@@ -65,7 +73,7 @@ def test_recording_overhead_verdict(default: list[float], ok: bool) -> None:
     (row,) = rig.rows
     assert row["n"] == "6" and row["ok"] is ok
     spread = rig.results["recording_overhead"]["spread"]
-    assert spread["pty throughput"] == pytest.approx(100 / default[0] - 1)
+    assert spread["pty (one CPU) throughput"] == pytest.approx(100 / default[0] - 1)
     assert spread["echo p50"] == pytest.approx(0.05)
 
 
@@ -84,7 +92,7 @@ def test_echo_alone_can_fail_the_verdict() -> None:
 
 
 def test_no_variants_measured_no_row() -> None:
-    rig = _rig({"pty_throughput": {"default": {"default": {"ratio": 1.0}}}})
+    rig = _rig({"pty_throughput": {ONE_CPU: {"default": {"ratio": 1.0}}}})
     recording_overhead(rig)
     assert rig.rows == []
 
@@ -164,3 +172,31 @@ def test_concurrency_fails_when_a_hold_or_a_session_is_missing(tmp_path: Path) -
     assert rig.results["concurrency"]["goals"]["all_succeed"] is False
     rig = _concurrency(tmp_path, 10.0, [10.0] * 5, opened=999)
     assert rig.results["concurrency"]["goals"]["all_succeed"] is False
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_one_cpu_pins_the_whole_pipeline_and_puts_it_back() -> None:
+    """#6's pty rows rely on every process of the pipeline sharing one CPU:
+    this process, each gateway, sshd and what sshd forks later."""
+    before = os.sched_getaffinity(0)
+    started = []
+    try:
+        for args in (["sleep", "30"], ["sh", "-c", "sleep 30 & wait"]):
+            p = subprocess.Popen(args, start_new_session=True)
+            started.append(procs.register(p.pid, "one_cpu test", p))  # type: ignore[arg-type]
+        gw, sshd = (t.pid for t in started)
+        time.sleep(0.2)  # sh has forked its sleep
+        rig = _rig({})
+        rig.gateways = {"default": SimpleNamespace(popen=SimpleNamespace(pid=gw))}  # type: ignore[dict-item]
+        rig.sshd = SimpleNamespace(pid=sshd)  # type: ignore[assignment]
+        with one_cpu(rig) as cpu:
+            pids = [os.getpid(), gw, *_process_tree(sshd)]
+            assert len(pids) == 4
+            assert all(os.sched_getaffinity(p) == {cpu} for p in pids)
+            later = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True)
+            allowed = [ln for ln in later.stdout.splitlines() if ln.startswith("Cpus_allowed_list")]
+            assert allowed == [f"Cpus_allowed_list:\t{cpu}"]
+        assert [os.sched_getaffinity(p) for p in pids] == [before] * 4
+    finally:
+        for t in started:
+            procs.kill(t)
