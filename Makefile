@@ -6,6 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # gcc, libssl-dev, python3-dev: setup.py builds gateway/_wire.c (C AES-GCM for the relay)
+# and recorder/_escape.c (JSON escaping of recorded output)
 APT_PKGS := openssh-server openssh-client tmux vim less gcc libssl-dev python3-dev
 PYTEST_ARGS ?=
 
@@ -21,7 +22,7 @@ system-deps:
 	fi; \
 	mkdir -p /run/sshd
 
-$(STAMP): pyproject.toml setup.py gateway/_wire.c
+$(STAMP): pyproject.toml setup.py gateway/_wire.c recorder/_escape.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -216,13 +216,19 @@ def test_validator_rejects(bad: bytes) -> None:
         validate_cast(bad)
 
 
-@pytest.mark.parametrize("strcspn", ["libc", "none", "broken"])
+@pytest.mark.parametrize("strcspn", ["native", "libc", "none", "broken"])
 def test_every_ascii_byte_survives_json(strcspn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each control byte alone in a long event (found by libc's strcspn, or
-    by one memchr each without it, or when strcspn answers nonsense), and all
-    of them together."""
+    """Each control byte alone in a long event (escaped in C by
+    recorder._escape; in Python, found by libc's strcspn, or by one memchr
+    each without it, or when strcspn answers nonsense), and all of them
+    together."""
     import recorder.cast as cast
 
+    if strcspn == "native":
+        if cast._native_escape is None:
+            pytest.skip("recorder._escape is not built")
+    else:
+        monkeypatch.setattr(cast, "_native_escape", None)
     if strcspn == "none":
         monkeypatch.setattr(cast, "_strcspn", None)
     elif strcspn == "broken":
@@ -270,13 +276,45 @@ def test_times_are_written_as_repr_of_the_rounded_float() -> None:
         assert lines[0].split(",")[0] == "[" + want[-1], (t, lines[0])
 
 
-def test_short_payloads_escape_as_json_dumps() -> None:
-    """Keys and echoes (one byte, from a table; a few, by a regular
+@pytest.mark.parametrize("native", [True, False])
+def test_short_payloads_escape_as_json_dumps(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys and echoes (one byte, from a table; a few, in C or by a regular
     expression) are escaped as ``json.dumps`` escapes them."""
+    import recorder.cast as cast
     from recorder.cast import _escape_json
+
+    if native and cast._native_escape is None:
+        pytest.skip("recorder._escape is not built")
+    if not native:
+        monkeypatch.setattr(cast, "_native_escape", None)
 
     for c in range(0x80):
         for raw in (bytes((c,)), bytes((c, c)), b"ab" + bytes((c,))):
             want = json.dumps(raw.decode(), ensure_ascii=False)[1:-1].encode()
             assert _escape_json(raw) == want, raw
     assert _escape_json("é".encode()) == "é".encode()
+
+
+def test_native_escape_matches_json_dumps_on_every_block_boundary() -> None:
+    """recorder._escape works 16 bytes at a time with a byte-wise tail and
+    copies runs as whole 16-byte stores: each escapable byte at every offset
+    of a 64-byte buffer, runs of escapes, UTF-8 around them, and text that
+    needs nothing (returned as the same object)."""
+    import recorder.cast as cast
+
+    native = cast._native_escape
+    if native is None:
+        pytest.skip("recorder._escape is not built")
+    escapable = [*range(0x20), 0x22, 0x5C]
+    for n in (1, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64):
+        for at in range(n):
+            for c in escapable:
+                one = b"x" * at + bytes((c,)) + b"x" * (n - at - 1)
+                want = json.dumps(one.decode(), ensure_ascii=False)[1:-1].encode()
+                assert native(one) == want, (n, at, c)
+    for raw in (bytes(range(0x20)) * 5, b"\r\n" * 100, 'é\r\n😀\x1b[0m€"'.encode() * 40):
+        assert native(raw) == json.dumps(raw.decode(), ensure_ascii=False)[1:-1].encode()
+    text = "plain text, no escapes, ünïcode".encode() * 10
+    assert native(text) is text
+    with pytest.raises(TypeError):
+        native(bytearray(b"x"))  # type: ignore[arg-type]
