@@ -5,7 +5,9 @@ front of it (the shipped default config, plus two recording variants for the
 recording-overhead figures), alternates direct and gateway runs (A B A B ...),
 and prints one table of gateway/direct ratios (medians of per-pair ratios) with
 the gateway's own CPU seconds (utime+stime from /proc/PID/stat) per GB and per
-1,000 keystrokes. The same figures go to ``bench/results/latest.json``
+1,000 keystrokes. #6's pty rounds compare the recording variants with each
+other, with the whole pipeline on one CPU (``one_cpu`` says why). The same
+figures go to ``bench/results/latest.json``
 (``latest-quick.json`` for ``--quick`` or ``--only`` runs); #5 concurrency
 also writes ``bench/results/concurrency.json``.
 
@@ -1889,10 +1891,18 @@ def main(argv: list[str] | None = None) -> int:
         sizes.conc_type_every = args.type_every
     only = args.only or list(NAMES)
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_stop(signum: int, frame: Any) -> None:
+        # Only the first Ctrl-C or TERM stops the run. A second one could
+        # land in the clean-up (in procs.kill_tree, between freezing a tree
+        # with SIGSTOP and killing it): session 17's twice-interrupted #5
+        # left its sshd and 200 sessions with 1,000 shells behind, deaf to
+        # TERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
     directory = Path(tempfile.mkdtemp(prefix="shellgate-bench-"))
     rig: Rig | None = None
     started = time.monotonic()
@@ -1989,7 +1999,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
         return 0
     except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
+        print("\ninterrupted; cleaning up (another Ctrl-C is ignored)", file=sys.stderr)
         return 130
     finally:
         stop_rig(rig)
