@@ -6,6 +6,7 @@ be a defect of the benchmark)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import time
@@ -22,6 +23,7 @@ from bench.run import (
     _conc_report,
     _process_tree,
     _throughput_summary,
+    balanced,
     one_cpu,
     per_second,
     recording_overhead,
@@ -102,6 +104,27 @@ def test_each_arm_goes_first_once_per_cycle() -> None:
     firsts = [rotated(names, i)[0] for i in range(6)]
     assert firsts == names * 2
     assert all(sorted(rotated(names, i)) == sorted(names) for i in range(6))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_balanced_order_puts_every_arm_after_every_other_equally(n: int) -> None:
+    """#3's keys go to the arms in this order: over a cycle every arm takes
+    every place, and every arm comes right after every other one, equally
+    often (with ``rotated``, one gateway always came right after direct)."""
+    names = [f"arm{k}" for k in range(n)]
+    cycle = n if n % 2 == 0 else 2 * n
+    places: dict[tuple[str, int], int] = {}
+    after: dict[tuple[str, str], int] = {}
+    for i in range(cycle):
+        order = balanced(names, i)
+        assert sorted(order) == names
+        assert order == balanced(names, i + cycle)
+        for k, a in enumerate(order):
+            places[a, k] = places.get((a, k), 0) + 1
+        for a, b in itertools.pairwise(order):
+            after[a, b] = after.get((a, b), 0) + 1
+    assert len(places) == n * n and len(set(places.values())) == 1
+    assert len(after) == n * (n - 1) and len(set(after.values())) == 1
 
 
 def test_per_second_leaves_out_counters_missing_from_either_sample() -> None:
