@@ -117,6 +117,11 @@ class CastWriter:
         """A marker (``detached``, ``attached by USER``, ``closed: REASON``)."""
         self._pending.append((t, _MARKER, text))
 
+    @property
+    def pending_events(self) -> int:
+        """Events given and not yet taken (what ``take_parts`` would encode)."""
+        return len(self._pending)
+
     # -- encoding --------------------------------------------------------
 
     def header(self) -> bytes:
