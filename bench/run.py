@@ -533,18 +533,12 @@ def _threads(pid: int) -> list[int]:
         return []  # gone
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, from /proc/PID/task/*/children."""
-    out = [pid]
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (``sched_setaffinity`` on a pid
+    moves only its main thread)."""
     for tid in _threads(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
-                kids = [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            out += _process_tree(kid)
-    return out
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
 
 
 @contextlib.contextmanager
@@ -568,26 +562,21 @@ def one_cpu(rig: Rig) -> Iterator[int]:
     roots = [os.getpid(), *(rig.gw_pid(v) for v in rig.gateways)]
     if rig.sshd.pid is not None:
         roots.append(rig.sshd.pid)
+
+    def pipeline() -> set[int]:
+        return {p for root in roots for p in (root, *procs.descendants(root))}
+
     saved: dict[int, set[int]] = {}
-    for root in roots:
-        for pid in _process_tree(root):  # the gateways and sshd are our children too
-            if pid not in saved:
-                with contextlib.suppress(OSError):
-                    saved[pid] = os.sched_getaffinity(pid)
-            for tid in _threads(pid):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(tid, {cpu})
+    for pid in pipeline():
+        with contextlib.suppress(OSError):
+            saved[pid] = os.sched_getaffinity(pid)
+        _set_affinity(pid, {cpu})
     try:
         yield cpu
     finally:
-        for root in roots:
-            for pid in _process_tree(root):
-                back = saved.get(pid, saved.get(root))  # a child born pinned: its root's
-                if back is None:
-                    continue
-                for tid in _threads(pid):
-                    with contextlib.suppress(OSError):
-                        os.sched_setaffinity(tid, back)
+        ours = saved[os.getpid()]
+        for pid in pipeline():
+            _set_affinity(pid, saved.get(pid, ours))  # one born pinned: where we ran
 
 
 def _throughput_rows(

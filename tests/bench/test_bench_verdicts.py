@@ -21,7 +21,6 @@ from bench.run import (
     ONE_CPU,
     Rig,
     _conc_report,
-    _process_tree,
     _throughput_summary,
     balanced,
     one_cpu,
@@ -213,7 +212,7 @@ def test_one_cpu_pins_the_whole_pipeline_and_puts_it_back() -> None:
         rig.gateways = {"default": SimpleNamespace(popen=SimpleNamespace(pid=gw))}  # type: ignore[dict-item]
         rig.sshd = SimpleNamespace(pid=sshd)  # type: ignore[assignment]
         with one_cpu(rig) as cpu:
-            pids = [os.getpid(), gw, *_process_tree(sshd)]
+            pids = [os.getpid(), gw, sshd, *procs.descendants(sshd)]
             assert len(pids) == 4
             assert all(os.sched_getaffinity(p) == {cpu} for p in pids)
             later = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True)
